@@ -1,0 +1,1 @@
+"""Fixtures for the clickhouse tests (owned by that part)."""

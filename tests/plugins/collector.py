@@ -1,0 +1,1 @@
+"""Fixtures for the collector tests (owned by that part)."""

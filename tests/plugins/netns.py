@@ -1,0 +1,1 @@
+"""Fixtures for the netns tests (owned by that part)."""
