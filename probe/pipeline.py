@@ -1,0 +1,266 @@
+"""The metering engine: capture → decode → meter (+ names) → sink.
+
+``meter_files`` reads pcap/pcapng files (time from packet timestamps) and ``capture_live`` an
+interface (time from the clock); both hand flows and names to a ``Sink`` in lists, call
+``sink.set_health`` with the counters at the end (and every ``health_interval`` seconds live),
+and leave ``sink.close()`` to the caller, who owns the sink.
+
+A damaged file ends the run with ``ProbeInputError("FILE: packet N: reason")`` after everything
+metered before the damage was flushed (end reason ``end-of-capture``) and handed to the sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hostflow.records import END_EOF, END_SHUTDOWN, Name
+from probe import __version__
+from probe.capture import LiveCapture, ProbeInputError, file_size, open_capture
+from probe.decode import LINKTYPES, Decoded, decode
+from probe.meter import TCP_END_GRACE_S, FlowMeter
+from probe.options import MeterOptions
+from probe.sink import Sink
+
+try:  # written by another part; metering works without it
+    from probe.names import NameExtractor
+except ImportError:  # pragma: no cover - only while probe/names.py does not exist
+    NameExtractor = None  # type: ignore[assignment,misc]
+
+__all__ = ["MeterStats", "ProbeInputError", "capture_live", "meter_files"]
+
+log = logging.getLogger(__name__)
+
+SCAN_INTERVAL_US = 1_000_000  # how often (packet time) timed-out flows are looked for
+PROGRESS_EVERY = 65_536  # packets between progress calls
+
+
+@dataclass
+class MeterStats:
+    packets: int = 0  # frames read (files) or received (live)
+    ip_packets: int = 0  # frames metered into flows
+    bytes: int = 0  # IP bytes metered
+    flows_exported: int = 0
+    flows_evicted: int = 0
+    parse_errors: dict[str, int] = field(default_factory=dict)  # reason → packets
+    non_ip: int = 0  # ARP, STP, LLDP, … (ignored, not errors)
+    kernel_drops: int = 0
+    if_drops: int = 0
+    names: int = 0
+    iface: str = ""
+    started: float = field(default_factory=time.time)
+
+    def count_error(self, reason: str) -> None:
+        self.parse_errors[reason] = self.parse_errors.get(reason, 0) + 1
+
+    def as_health(self) -> dict[str, Any]:
+        """The ``health`` object of a batch (docs/CONTRACT.md); spool fields are the exporter's."""
+        return {
+            "ts": int(time.time() * 1_000_000),
+            "hostname": socket.gethostname(),
+            "version": __version__,
+            "iface": self.iface,
+            "packets_captured": self.packets,
+            "kernel_drops": self.kernel_drops,
+            "if_drops": self.if_drops,
+            "parse_errors": dict(self.parse_errors),
+            "flows_exported": self.flows_exported,
+            "flows_evicted": self.flows_evicted,
+            "spool_bytes": 0,
+            "spool_batches": 0,
+            "spool_dropped_batches": 0,
+            "uptime_s": int(time.time() - self.started),
+        }
+
+
+class _Engine:
+    """Decode + meter + names for one run; shared by the file and live paths."""
+
+    def __init__(self, options: MeterOptions, sink: Sink, tcp_end_grace: float) -> None:
+        self.stats = MeterStats()
+        self.sink = sink
+        self.meter = FlowMeter(options, sink.add_flows, tcp_end_grace=tcp_end_grace)
+        self.names = None
+        if options.names and NameExtractor is not None:
+            self.names = NameExtractor(options.probe_id)
+        self.pending_names: list[Name] = []
+        self._addr_text = self.meter._addr
+        self.warned_linktypes: set[int] = set()
+
+    def run(self, packets, first_scan: int | None = None, live: bool = False) -> None:
+        """Meter an iterator of (linktype, ts_us, wire_len, frame); frame None = clock tick."""
+        stats = self.stats
+        errors = stats.parse_errors
+        add = self.meter.add
+        names = self.names
+        interesting = names.interesting if names is not None else None
+        next_scan = first_scan
+        packets_seen = ip_packets = ip_bytes = non_ip = 0
+        try:
+            for linktype, ts, _wire_len, frame in packets:
+                if frame is None:
+                    continue
+                packets_seen += 1
+                try:
+                    dec = decode(linktype, frame)
+                except Exception:  # noqa: BLE001 - a decoder bug must not stop the probe
+                    log.exception("decoder failed on a %d-byte frame", len(frame))
+                    dec = "decode-error"
+                if dec.__class__ is Decoded:
+                    (vlan, version, proto, src, dst, sport, dport, flags, tos, nbytes, smac, dmac,
+                     start, end, _fragment, problem) = dec  # fmt: skip
+                    if problem:
+                        errors[problem] = errors.get(problem, 0) + 1
+                    add(ts, vlan, version, proto, src, dst, sport, dport, flags, tos, nbytes, smac, dmac)
+                    ip_packets += 1
+                    ip_bytes += nbytes
+                    if interesting is not None and end > start:
+                        payload = frame[start:end]
+                        if interesting(proto, sport, dport, payload):
+                            self._names(ts, src, dst, proto, sport, dport, payload)
+                elif dec is None:
+                    non_ip += 1
+                else:
+                    errors[dec] = errors.get(dec, 0) + 1
+                    if dec == "unsupported-linktype" and linktype not in self.warned_linktypes:
+                        self.warned_linktypes.add(linktype)
+                        log.warning("link type %d is not supported: its packets are counted, not metered",
+                                    linktype)  # fmt: skip
+                if next_scan is None:
+                    next_scan = ts + SCAN_INTERVAL_US
+                elif ts >= next_scan and not live:
+                    self.meter.expire(ts)
+                    self._deliver_names()
+                    next_scan = ts + SCAN_INTERVAL_US
+        finally:
+            stats.packets += packets_seen
+            stats.ip_packets += ip_packets
+            stats.bytes += ip_bytes
+            stats.non_ip += non_ip
+
+    def _names(self, ts: int, src: bytes, dst: bytes, proto: int, sport: int, dport: int,
+               payload: bytes) -> None:  # fmt: skip
+        try:
+            found = self.names.feed(
+                ts, self._addr_text(src), self._addr_text(dst), proto, sport, dport, payload
+            )
+        except Exception:  # noqa: BLE001 - a name parser bug must not stop metering
+            log.exception("name extraction failed (%s:%d → %s:%d)", self._addr_text(src), sport,
+                          self._addr_text(dst), dport)  # fmt: skip
+            self.stats.count_error("names-error")
+            return
+        if found:
+            self.pending_names.extend(found)
+            self.stats.names += len(found)
+            if len(self.pending_names) >= 1000:
+                self._deliver_names()
+
+    def _deliver_names(self) -> None:
+        if self.pending_names:
+            batch, self.pending_names = self.pending_names, []
+            self.sink.add_names(batch)
+
+    def finish(self, reason: str) -> MeterStats:
+        self.meter.flush(reason)
+        self._deliver_names()
+        self.stats.flows_exported = self.meter.flows_exported
+        self.stats.flows_evicted = self.meter.flows_evicted
+        self.sink.set_health(self.stats.as_health())
+        return self.stats
+
+
+def _with_progress(path: str, packets, progress: Callable[[str, int, int], None] | None, total: int):
+    """Pass packets through, calling progress(path, packets_done, file_bytes) now and then."""
+    if progress is None:
+        yield from packets
+        return
+    done = 0
+    for item in packets:
+        done += 1
+        if done % PROGRESS_EVERY == 0:
+            progress(path, done, total)
+        yield item
+    progress(path, done, total)
+
+
+def meter_files(
+    paths: list[str],
+    options: MeterOptions,
+    sink: Sink,
+    progress: Callable[[str, int, int], None] | None = None,
+    *,
+    tcp_end_grace: float = TCP_END_GRACE_S,
+) -> MeterStats:
+    """Meter capture files in order, as one stream; flows still open at the end: ``end-of-capture``.
+
+    ``progress(path, packets_done, file_size)`` is called every 65536 packets and at each file's end.
+    A BPF filter in ``options.bpf`` is refused: filter files with tcpdump first.
+    """
+    if options.bpf:
+        raise ProbeInputError("a BPF filter applies to live capture only; filter files with tcpdump -r/-w")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ProbeInputError(f"{path}: no such file")
+    engine = _Engine(options, sink, tcp_end_grace)
+    try:
+        for path in paths:
+            engine.run(_with_progress(path, open_capture(path), progress, file_size(path)))
+    except ProbeInputError:
+        engine.finish(END_EOF)
+        raise
+    return engine.finish(END_EOF)
+
+
+def capture_live(
+    iface: str,
+    options: MeterOptions,
+    sink: Sink,
+    stop: threading.Event,
+    health_interval: float = 10.0,
+    *,
+    tcp_end_grace: float = TCP_END_GRACE_S,
+    ready: Callable[[], None] | None = None,
+) -> MeterStats:
+    """Capture on ``iface`` until ``stop`` is set; then flush everything as ``shutdown``.
+
+    Fails before any packet with ProbeInputError for a bad interface or BPF filter. ``ready`` is
+    called once the socket is capturing (tests wait for it before sending).
+    """
+    capture = LiveCapture(iface, options.bpf, snaplen=max(options.snaplen, 1514))
+    engine = _Engine(options, sink, tcp_end_grace)
+    engine.stats.iface = iface
+    linktype = capture.linktype
+    log.info("capturing on %s (%s)%s", iface, LINKTYPES.get(linktype, linktype),
+             f" filter {options.bpf!r}" if options.bpf else "")  # fmt: skip
+
+    def ticks():
+        next_scan = 0
+        next_health = time.monotonic() + health_interval
+        for ts, wire_len, frame in capture.packets(stop):
+            yield linktype, ts, wire_len, frame
+            if ts >= next_scan:
+                engine.meter.expire(ts)
+                engine._deliver_names()
+                next_scan = ts + SCAN_INTERVAL_US
+                if time.monotonic() >= next_health:
+                    next_health = time.monotonic() + health_interval
+                    engine.stats.kernel_drops, engine.stats.if_drops = capture.read_stats()
+                    engine.stats.flows_exported = engine.meter.flows_exported
+                    engine.stats.flows_evicted = engine.meter.flows_evicted
+                    sink.set_health(engine.stats.as_health())
+
+    try:
+        if ready is not None:
+            ready()
+        engine.run(ticks(), live=True)
+    finally:
+        engine.stats.kernel_drops, engine.stats.if_drops = capture.read_stats()
+        capture.close()
+        stats = engine.finish(END_SHUTDOWN)
+    return stats
