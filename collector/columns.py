@@ -1,0 +1,294 @@
+"""Batch rows → validated Arrow tables in the contract's column types (one place for every backend).
+
+Rows arrive as lists in the order of the batch's ``flow_fields`` / ``name_fields``. A column is
+converted in one go with pyarrow; only when that fails is it walked value by value to name the
+first bad row and field, so a good million-row batch costs a few column conversions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from operator import itemgetter
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hostflow.records import (
+    END_REASONS,
+    FLOW_FIELDS,
+    FLOW_TYPES,
+    INITIATORS,
+    NAME_FIELDS,
+    NAME_SOURCES,
+    NAME_TYPES,
+    ContractError,
+    Flow,
+    Name,
+    to_us,
+)
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "VARCHAR": pa.string(),
+    "TIMESTAMP": pa.timestamp("us"),
+    "UTINYINT": pa.uint8(),
+    "USMALLINT": pa.uint16(),
+    "UINTEGER": pa.uint32(),
+    "UBIGINT": pa.uint64(),
+    "VARCHAR[]": pa.list_(pa.string()),
+}
+INT_LIMITS = {"UTINYINT": 255, "USMALLINT": 65535, "UINTEGER": 2**32 - 1, "UBIGINT": 2**63 - 1}
+FLOW_SCHEMA = pa.schema([(k, ARROW_TYPES[t]) for k, t in FLOW_TYPES.items()])
+NAME_SCHEMA = pa.schema([(k, ARROW_TYPES[t]) for k, t in NAME_TYPES.items()])
+
+# Fields a row may leave null; they get the record's default.
+FLOW_REQUIRED = {"flow_start", "flow_end", "protocol", "src_addr", "dst_addr", "ip_version"}
+NAME_REQUIRED = {"ts", "addr", "name", "source"}
+ADDRESS_FIELDS = {"src_addr", "dst_addr", "addr", "client_addr"}
+ENUMS: dict[str, tuple[str, ...]] = {
+    "end_reason": ("", *END_REASONS),
+    "initiator": INITIATORS,
+    "source": NAME_SOURCES,
+}
+
+
+def _fail(kind: str, row: int, field: str, problem: str) -> ContractError:
+    return ContractError(f"{kind} row {row}: field {field}: {problem}")
+
+
+def _first_bad(kind: str, field: str, values: Sequence[Any], check) -> ContractError:
+    for index, value in enumerate(values):
+        problem = check(value)
+        if problem:
+            return _fail(kind, index, field, problem)
+    return ContractError(f"{kind}: field {field}: bad values")
+
+
+def _int_problem(limit: int):
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected an integer, got {value!r}"
+        if value < 0 or value > limit:
+            return f"{value} is out of range 0..{limit}"
+        return None
+
+    return check
+
+
+def _time_column(kind: str, field: str, values: Sequence[Any]) -> pa.Array:
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        array = None
+    if array is not None and pa.types.is_integer(array.type) and array.null_count == 0:
+        return array.cast(pa.int64()).cast(pa.timestamp("us"))
+    converted = []
+    for index, value in enumerate(values):
+        if value is None:
+            raise _fail(kind, index, field, "missing timestamp")
+        try:
+            converted.append(to_us(value))
+        except ContractError as exc:
+            raise _fail(kind, index, field, str(exc)) from None
+    return pa.array(converted, pa.int64()).cast(pa.timestamp("us"))
+
+
+def _int_column(kind: str, field: str, sql_type: str, values: Sequence[Any], required: bool) -> pa.Array:
+    limit = INT_LIMITS[sql_type]
+    try:
+        array = pa.array(values)
+        ok = pa.types.is_integer(array.type) or pa.types.is_null(array.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        ok = False
+    if ok and len(array) and array.null_count < len(array):
+        low, high = pc.min_max(array).values()
+        ok = low.as_py() >= 0 and high.as_py() <= limit
+    if not ok:
+        raise _first_bad(kind, field, values, _int_problem(limit))
+    if array.null_count:
+        if required:
+            raise _first_bad(kind, field, values, lambda v: "missing value" if v is None else None)
+        array = pc.fill_null(array.cast(pa.int64()), 0)
+    return array.cast(ARROW_TYPES[sql_type])
+
+
+def _canonical_address(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def _string_column(kind: str, field: str, values: Sequence[Any], required: bool) -> pa.Array:
+    try:
+        array = pa.array(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise _first_bad(
+            kind,
+            field,
+            values,
+            lambda v: None if v is None or isinstance(v, str) else f"expected text, got {v!r}",
+        ) from None
+    if array.null_count:
+        if required:
+            raise _first_bad(kind, field, values, lambda v: "missing value" if v is None else None)
+        array = pc.fill_null(array, "")
+    if field in ADDRESS_FIELDS or field in ENUMS:
+        distinct = pc.unique(array).to_pylist()
+        if field in ENUMS:
+            allowed = ENUMS[field]
+            bad = {v for v in distinct if v not in allowed}
+            if bad:
+                raise _first_bad(kind, field, values, lambda v: f"unknown value {v!r}" if v in bad else None)
+        else:
+            mapping = {}
+            for value in distinct:
+                if value == "" and field == "client_addr":
+                    continue
+                canonical = _canonical_address(value)
+                if canonical is None:
+                    raise _first_bad(
+                        kind,
+                        field,
+                        values,
+                        lambda v, bad=value: f"not an IP address: {v!r}" if v == bad else None,
+                    )
+                if canonical != value:
+                    mapping[value] = canonical
+            if mapping:
+                array = pa.array([mapping.get(v, v) for v in array.to_pylist()], pa.string())
+    return array
+
+
+def _list_column(kind: str, field: str, values: Sequence[Any]) -> pa.Array:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+            return f"expected a list of text, got {value!r}"
+        return None
+
+    try:
+        array = pa.array(values)  # inferred: a text where a list belongs must not pass as characters
+        ok = pa.types.is_null(array.type) or (
+            pa.types.is_list(array.type) and array.type.value_type in (pa.string(), pa.null())
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        ok = False
+    if not ok:
+        raise _first_bad(kind, field, values, check)
+    array = array.cast(pa.list_(pa.string()))
+    if array.null_count:
+        array = pa.array([v if v is not None else [] for v in array.to_pylist()], pa.list_(pa.string()))
+    return array
+
+
+def table_from_rows(
+    kind: str, fields: Sequence[str], rows: Sequence[Any], probe_id: str | None = None
+) -> pa.Table:
+    """Validate batch rows of ``kind`` ("flow" or "name") into a table in the contract's schema.
+
+    ``probe_id``: the batch's probe; rows must carry it or leave it empty (then they get it).
+    Raises ContractError naming the row and field.
+    """
+    types, all_fields, required, schema = (
+        (FLOW_TYPES, FLOW_FIELDS, FLOW_REQUIRED, FLOW_SCHEMA)
+        if kind == "flow"
+        else (NAME_TYPES, NAME_FIELDS, NAME_REQUIRED, NAME_SCHEMA)
+    )
+    fields = list(fields)
+    if sorted(fields) != sorted(all_fields) or len(set(fields)) != len(fields):
+        missing = sorted(set(all_fields) - set(fields))
+        extra = sorted(set(fields) - set(all_fields))
+        raise ContractError(
+            f"{kind}_fields: does not match the contract (missing {missing}, unknown {extra})"
+        )
+    if not isinstance(rows, list):
+        raise ContractError(f"{kind}s: expected a list of rows")
+    width = len(fields)
+    for index, row in enumerate(rows):
+        if type(row) is not list or len(row) != width:
+            raise ContractError(f"{kind} row {index}: expected a list of {width} values")
+    if not rows:
+        return schema.empty_table()
+    # lists, not zip(*rows) tuples: faster here, and pyarrow imports pandas to inspect tuples
+    columns = {name: list(map(itemgetter(i), rows)) for i, name in enumerate(fields)}
+    arrays = []
+    for field, sql_type in types.items():
+        values = columns[field]
+        is_required = field in required
+        if sql_type == "TIMESTAMP":
+            array = _time_column(kind, field, values)
+        elif sql_type in INT_LIMITS:
+            array = _int_column(kind, field, sql_type, values, is_required)
+        elif sql_type == "VARCHAR[]":
+            array = _list_column(kind, field, values)
+        else:
+            array = _string_column(kind, field, values, is_required)
+        arrays.append(array)
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return _check_table(kind, table, probe_id)
+
+
+def _check_table(kind: str, table: pa.Table, probe_id: str | None) -> pa.Table:
+    if probe_id is not None:
+        probes = table.column("probe_id")
+        wrong = pc.and_(pc.not_equal(probes, ""), pc.not_equal(probes, probe_id))
+        if pc.any(wrong).as_py():
+            index = pc.index(wrong, True).as_py()
+            raise _fail(
+                kind, index, "probe_id", f"{probes[index].as_py()!r} differs from the batch's {probe_id!r}"
+            )
+        if pc.any(pc.equal(probes, "")).as_py():
+            filled = pc.if_else(pc.equal(probes, ""), probe_id, probes)
+            table = table.set_column(0, "probe_id", filled)
+    if kind == "flow":
+        before = pc.less(table.column("flow_end"), table.column("flow_start"))
+        if pc.any(before).as_py():
+            raise _fail(kind, pc.index(before, True).as_py(), "flow_end", "is before flow_start")
+        versions = table.column("ip_version")
+        bad = pc.invert(pc.is_in(versions, pa.array([4, 6], pa.uint8())))
+        if pc.any(bad).as_py():
+            index = pc.index(bad, True).as_py()
+            raise _fail(kind, index, "ip_version", f"{versions[index].as_py()} is not 4 or 6")
+        sampling = table.column("sampling")
+        zero = pc.equal(sampling, 0)
+        if pc.any(zero).as_py():
+            # a missing sampling rate means unsampled
+            table = table.set_column(
+                FLOW_FIELDS.index("sampling"),
+                "sampling",
+                pc.if_else(zero, pa.scalar(1, pa.uint32()), sampling),
+            )
+    return table
+
+
+def table_from_flows(flows: Sequence[Flow], probe_id: str | None = None) -> pa.Table:
+    rows = [[getattr(flow, key) for key in FLOW_FIELDS] for flow in flows]
+    return table_from_rows("flow", FLOW_FIELDS, rows, probe_id)
+
+
+def table_from_names(names: Sequence[Name], probe_id: str | None = None) -> pa.Table:
+    rows = [[getattr(name, key) for key in NAME_FIELDS] for name in names]
+    for row in rows:
+        row[NAME_FIELDS.index("cname_chain")] = list(row[NAME_FIELDS.index("cname_chain")])
+    return table_from_rows("name", NAME_FIELDS, rows, probe_id)
+
+
+def conform(table: pa.Table, kind: str) -> pa.Table:
+    """A caller's Arrow table (µs integers or timestamps) in the store's exact schema, by name."""
+    schema = FLOW_SCHEMA if kind == "flow" else NAME_SCHEMA
+    arrays = []
+    for spec in schema:
+        if spec.name not in table.column_names:
+            raise ContractError(f"{kind} table: missing column {spec.name}")
+        column = table.column(spec.name)
+        if pa.types.is_timestamp(spec.type) and pa.types.is_integer(column.type):
+            column = column.cast(pa.int64()).cast(spec.type)
+        elif pa.types.is_timestamp(column.type) and column.type != spec.type:
+            column = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64()).cast(spec.type)
+        arrays.append(column.cast(spec.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
