@@ -34,3 +34,6 @@ bench: setup-test
 
 clean:
 	rm -rf .venv var data/demo.duckdb data/generated
+
+# make install-probe / make install-collector (Raspberry Pi OS / Debian 12 services)
+include deploy/install.mk

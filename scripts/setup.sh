@@ -7,10 +7,11 @@ mode=${1:-run}
 cd "$(dirname "$0")/.."
 
 run_pkgs=(libpcap0.8 iproute2)
-test_pkgs=(tcpdump tshark softflowd nfdump fprobe chromium clickhouse-server)
+test_pkgs=(tcpdump tshark softflowd nfdump fprobe chromium clickhouse-server systemd openssl)
 # Binary each package provides, to see what is missing without asking dpkg for everything.
 declare -A provides=([tcpdump]=tcpdump [tshark]=tshark [softflowd]=softflowd [nfdump]=nfdump
-  [fprobe]=fprobe [chromium]=chromium [clickhouse-server]=clickhouse-server [iproute2]=ip)
+  [fprobe]=fprobe [chromium]=chromium [clickhouse-server]=clickhouse-server [iproute2]=ip
+  [systemd]=systemd-analyze [openssl]=openssl)
 
 missing=()
 want=("${run_pkgs[@]}")
