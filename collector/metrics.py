@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 PREFIX = "hostflow_collector_"
 
@@ -51,6 +52,11 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+        self._sources: list[Callable[[], Iterable[tuple[str, dict[str, object], float]]]] = []
+
+    def add_source(self, source: Callable[[], Iterable[tuple[str, dict[str, object], float]]]) -> None:
+        """Values another component keeps itself (e.g. the NetFlow decoder), read at each render."""
+        self._sources.append(source)
 
     def inc(self, name: str, value: float = 1, **labels: object) -> None:
         key = tuple(sorted((k, str(v)) for k, v in labels.items()))
@@ -73,6 +79,9 @@ class Metrics:
             return sum(self._values.get(name, {}).values())
 
     def render(self) -> str:
+        for source in self._sources:
+            for name, labels, value in source():
+                self.set(name, value, **labels)
         lines: list[str] = []
         with self._lock:
             names = sorted(set(self._values) | set(HELP))

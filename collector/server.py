@@ -25,7 +25,7 @@ import uvicorn
 from collector.api import ApiState, build_app
 from collector.config import Config
 from collector.metrics import Metrics
-from collector.store import Store
+from collector.store import Store, open_store
 from hostflow.records import Flow
 
 log = logging.getLogger("collector.server")
@@ -131,6 +131,20 @@ class _Server(uvicorn.Server):
             self._on_started()
 
 
+def netflow_series(snapshot: dict[str, Any]) -> list[tuple[str, dict[str, object], float]]:
+    """The decoder's own counters (collector.netflow.NetflowMetrics) as /metrics series."""
+    series: list[tuple[str, dict[str, object], float]] = [
+        ("netflow_packets_total", {}, snapshot["packets"]),
+        ("netflow_records_total", {}, snapshot["records"]),
+        ("netflow_template_misses_total", {}, snapshot["template_misses"]),
+        ("netflow_sequence_gaps_total", {}, sum(snapshot["sequence_gaps"].values())),
+    ]
+    series += [
+        ("netflow_drops_total", {"reason": reason}, count) for reason, count in snapshot["drops"].items()
+    ]
+    return series
+
+
 def _start_netflow(config: Config, sink: NetflowSink, metrics: Metrics) -> Any:
     ports = [p for p in (config.netflow_port, config.ipfix_port) if p]
     if not ports:
@@ -140,7 +154,8 @@ def _start_netflow(config: Config, sink: NetflowSink, metrics: Metrics) -> Any:
     except ImportError:
         log.error("event=netflow_unavailable detail='collector.udp is missing; NetFlow/IPFIX not received'")
         return None
-    handle = start_udp_listeners(config.netflow_host, ports, sink.on_flows, metrics)
+    handle = start_udp_listeners(config.netflow_host, ports, sink.on_flows)
+    metrics.add_source(lambda: netflow_series(handle.metrics.snapshot()))
     log.info("event=netflow_listening host=%s ports=%s", config.netflow_host, ports)
     return handle
 
@@ -168,10 +183,19 @@ def serve(config: Config) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        store = Store(config.db, retention_days=config.retention_days)
+        store = open_store(config)
     except Exception as exc:
-        log.error("event=store_open_failed db=%s error=%r", config.db, str(exc))
-        print(f"collector: cannot open {config.db}: {exc}", file=sys.stderr)
+        # never the password a URL may carry
+        where = (
+            "clickhouse://" + config.clickhouse.rpartition("@")[2]
+            if config.backend == "clickhouse"
+            else config.db
+        )
+        log.error("event=store_open_failed backend=%s db=%s error=%r", config.backend, where, str(exc))
+        print(
+            f"collector: cannot open {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+            file=sys.stderr,
+        )
         return 1
     metrics = Metrics()
     writer = Writer()

@@ -1,0 +1,98 @@
+"""NetFlow v5 (and v1) export packets: a fixed header and up to 30 fixed 48-byte records."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .templates import DecodeError
+
+HEADER = struct.Struct(">HHIIIIBBH")  # 24 bytes
+RECORD = struct.Struct(">4s4s4sHHIIIIHHxBBBHHBBxx")  # 48 bytes
+HEADER_V1 = struct.Struct(">HHIII")  # 16 bytes
+RECORD_V1 = struct.Struct(">4s4s4sHHIIIIHH2xBBB7x")  # 48 bytes
+MAX_RECORDS = 30  # Cisco's limit; exporters never send more in one packet
+MAX_RECORDS_V1 = 24
+
+
+@dataclass(slots=True)
+class Header:
+    version: int
+    count: int
+    sys_uptime: int  # ms since the exporter booted
+    unix_secs: int
+    unix_nsecs: int
+    flow_sequence: int = 0  # sequence number of the first record (v5)
+    engine_type: int = 0
+    engine_id: int = 0
+    sampling_interval: int = 0  # 2 bits mode, 14 bits 1-in-N
+
+    @property
+    def export_us(self) -> int:
+        return self.unix_secs * 1_000_000 + self.unix_nsecs // 1000
+
+    @property
+    def domain(self) -> int:
+        """engine_type and engine_id as one observation-domain number (type * 256 + id)."""
+        return (self.engine_type << 8) | self.engine_id
+
+    @property
+    def sampling(self) -> int:
+        return max(1, self.sampling_interval & 0x3FFF)
+
+
+def parse(data: bytes) -> tuple[Header, list[dict[str, Any]]]:
+    """A v5 or v1 packet → header and records (dicts keyed by IPFIX element names)."""
+    version = int.from_bytes(data[:2], "big")
+    header_struct, record_struct, limit = (
+        (HEADER, RECORD, MAX_RECORDS) if version == 5 else (HEADER_V1, RECORD_V1, MAX_RECORDS_V1)
+    )
+    if len(data) < header_struct.size:
+        raise DecodeError(
+            "short", f"NetFlow v{version} packet of {len(data)} bytes is shorter than its header"
+        )
+    header = Header(*header_struct.unpack_from(data))
+    need = header_struct.size + header.count * record_struct.size
+    if header.count > limit or need > len(data):
+        raise DecodeError(
+            "bad_count",
+            f"NetFlow v{version} header says {header.count} records, the packet of {len(data)} bytes holds"
+            f" {(len(data) - header_struct.size) // record_struct.size}",
+        )
+    body = memoryview(data)[header_struct.size : need]
+    if version == 5:
+        records = [
+            {
+                "sourceIPv4Address": r[0],
+                "destinationIPv4Address": r[1],
+                "packetDeltaCount": r[5],
+                "octetDeltaCount": r[6],
+                "flowStartSysUpTime": r[7],
+                "flowEndSysUpTime": r[8],
+                "sourceTransportPort": r[9],
+                "destinationTransportPort": r[10],
+                "tcpControlBits": r[11],
+                "protocolIdentifier": r[12],
+                "ipClassOfService": r[13],
+            }
+            for r in record_struct.iter_unpack(body)
+        ]
+    else:
+        records = [
+            {
+                "sourceIPv4Address": r[0],
+                "destinationIPv4Address": r[1],
+                "packetDeltaCount": r[5],
+                "octetDeltaCount": r[6],
+                "flowStartSysUpTime": r[7],
+                "flowEndSysUpTime": r[8],
+                "sourceTransportPort": r[9],
+                "destinationTransportPort": r[10],
+                "protocolIdentifier": r[11],
+                "ipClassOfService": r[12],
+                "tcpControlBits": r[13],
+            }
+            for r in record_struct.iter_unpack(body)
+        ]
+    return header, records
