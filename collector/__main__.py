@@ -18,7 +18,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-EXTENSION_MODULES = ("collector.fileimport", "collector.fileexport", "collector.export")
+EXTENSION_MODULES = (
+    "collector.fileimport",
+    "collector.fileexport",
+    "collector.export",
+    "collector.ch_migrate",
+)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 Example ``collector.toml``::
 
     db = "var/hostflow.duckdb"
+    backend = "duckdb"             # or "clickhouse": then [clickhouse] below, and db names the runtime file
     retention_days = 30            # omit to keep everything
     intranet = ["10.0.0.0/8", "192.168.0.0/16"]
 
@@ -29,6 +30,10 @@ Example ``collector.toml``::
     [attribution]
     grace_s = 3600
     validity_s = 3600              # names without a TTL (SNI, HTTP, DHCP, …)
+
+    [clickhouse]                   # used when backend = "clickhouse" (docs/scale.md)
+    url = "clickhouse://hostflow@ch1:9000,ch2:9000/hostflow?cluster=hostflow"   # every node
+    password_file = ""
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ DEFAULT_INTRANET = (
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_IMPORT_BODY = 1024 * 1024 * 1024
+BACKENDS = ("duckdb", "clickhouse")
 
 
 class ConfigError(ValueError):
@@ -62,6 +68,9 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     db: str = "var/hostflow.duckdb"
+    backend: str = "duckdb"
+    clickhouse: str = ""  # clickhouse://user@host:port,host:port/database?cluster=NAME
+    clickhouse_password_file: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = DEFAULT_HTTP_PORT
     netflow_host: str = "127.0.0.1"
@@ -108,6 +117,17 @@ class Config:
                 raise ConfigError("tokens: every entry needs a token and a probe id")
         if self.admin_token and self.admin_token in self.tokens:
             raise ConfigError("admin_token: must differ from every probe token")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.backend == "clickhouse":
+            if not self.clickhouse:
+                raise ConfigError("clickhouse: backend clickhouse needs the cluster's URL (--clickhouse URL)")
+            from collector.clickhouse import ClickHouseConfigError, ClickHouseSettings
+
+            try:
+                ClickHouseSettings.from_url(self.clickhouse)
+            except ClickHouseConfigError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 def _read_tokens_file(path: str) -> dict[str, str]:
@@ -154,7 +174,10 @@ def _number(section: str, key: str, value: Any, kind: type) -> Any:
 
 
 def _apply_toml(config: Config, data: dict[str, Any]) -> None:
-    known_top = {"db", "retention_days", "intranet", "log_level", "http", "netflow", "auth", "attribution"}
+    known_top = {
+        "db", "backend", "retention_days", "intranet", "log_level", "http", "netflow", "auth", "attribution",
+        "clickhouse",
+    }  # fmt: skip
     unknown = set(data) - known_top
     if unknown:
         raise ConfigError(
@@ -162,6 +185,8 @@ def _apply_toml(config: Config, data: dict[str, Any]) -> None:
         )
     if "db" in data:
         config.db = str(data["db"])
+    if "backend" in data:
+        config.backend = str(data["backend"])
     if "retention_days" in data:
         config.retention_days = _number("", "retention_days", data["retention_days"], float)
     if "intranet" in data:
@@ -190,6 +215,7 @@ def _apply_toml(config: Config, data: dict[str, Any]) -> None:
             "query_token": ("query_token", str),
         },
         "attribution": {"grace_s": ("grace_s", float), "validity_s": ("validity_s", float)},
+        "clickhouse": {"url": ("clickhouse", str), "password_file": ("clickhouse_password_file", str)},
     }
     for section, keys in sections.items():
         values = data.get(section, {})
@@ -212,6 +238,9 @@ def _apply_toml(config: Config, data: dict[str, Any]) -> None:
 
 ENV_SETTINGS: dict[str, tuple[str, type]] = {
     "HOSTFLOW_DB": ("db", str),
+    "HOSTFLOW_BACKEND": ("backend", str),
+    "HOSTFLOW_CLICKHOUSE": ("clickhouse", str),
+    "HOSTFLOW_CLICKHOUSE_PASSWORD_FILE": ("clickhouse_password_file", str),
     "HOSTFLOW_HTTP_HOST": ("http_host", str),
     "HOSTFLOW_HTTP_PORT": ("http_port", int),
     "HOSTFLOW_NETFLOW_HOST": ("netflow_host", str),
@@ -230,6 +259,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `serve` flags; every one overrides the file and the environment."""
     parser.add_argument("--config", help="TOML config file (see collector/config.py)")
     parser.add_argument("--db", help="DuckDB database file")
+    parser.add_argument("--backend", choices=BACKENDS, help="storage backend (default duckdb)")
+    parser.add_argument(
+        "--clickhouse", metavar="URL", help="clickhouse://[user@]host:port[,host:port…]/database"
+    )
+    parser.add_argument(
+        "--clickhouse-password-file", metavar="FILE", help="the ClickHouse password, read from FILE"
+    )
     parser.add_argument("--http-host")
     parser.add_argument("--http-port", type=int)
     parser.add_argument("--netflow-host")
@@ -274,6 +310,9 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
     if args is not None:
         flag_map = {
             "db": "db",
+            "backend": "backend",
+            "clickhouse": "clickhouse",
+            "clickhouse_password_file": "clickhouse_password_file",
             "http_host": "http_host",
             "http_port": "http_port",
             "netflow_host": "netflow_host",

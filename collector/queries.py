@@ -457,7 +457,9 @@ def _hosts(ctx: Context, params: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for row in ctx.backend.address_totals(params["start"], params["end"], params.get("probe_id")).to_pylist():
         cast, scope = classifier.classify(row["addr"])
-        if params["intranet_only"] and (cast != "unicast" or scope != "intranet"):
+        if params["intranet_only"] and (cast != "unicast" or scope != "intranet" or not row["bytes_sent"]):
+            # an intranet host is an address that sent something: a subnet's directed broadcast
+            # (x.x.x.255 of a /24 inside a configured /16) only ever receives, and is no host
             continue
         rows.append(row)
     names = ctx.backend.name_candidates(

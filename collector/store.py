@@ -90,6 +90,15 @@ class IngestResult:
     duplicate: bool = False
 
 
+def open_store(config: Any) -> Any:
+    """The configured backend: a DuckDB Store, or the ClickHouse one (collector/clickhouse.py)."""
+    if getattr(config, "backend", "duckdb") == "clickhouse":
+        from collector.clickhouse import open_clickhouse
+
+        return open_clickhouse(config)
+    return Store(config.db, retention_days=config.retention_days)
+
+
 def apply_migrations(con: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[int]:
     """Bring the schema up to ``upto`` (default: latest); returns the versions applied now."""
     con.execute(
@@ -414,7 +423,8 @@ class Store:
             " protocol, packets::BIGINT AS packets, bytes::BIGINT AS bytes, tcp_flags, initiator, end_reason,"
             " dst_mac, probe_id, sampling FROM flows WHERE flow_start >= make_timestamp($start)"
             f" AND flow_start < make_timestamp($end) AND (src_addr = $host OR dst_addr = $host){probe}"
-            " ORDER BY flow_start, peer_addr LIMIT $limit",
+            " ORDER BY flow_start, peer_addr, peer_port, host_port, direction, protocol, flow_end, bytes, packets,"
+            " probe_id LIMIT $limit",  # a total order: every backend returns (and cuts) the same rows
             params,
         )
 
@@ -498,6 +508,7 @@ class Store:
         params.append(limit)
         return self.sql(
             "SELECT epoch_us(ts) AS ts, client_addr, addr, name, source, qtype, ttl::BIGINT AS ttl, cname_chain,"
-            f" rcode::INTEGER AS rcode, probe_id FROM names WHERE {where} ORDER BY ts, addr, name LIMIT ?",
+            f" rcode::INTEGER AS rcode, probe_id FROM names WHERE {where}"
+            " ORDER BY ts, addr, name, source, client_addr, probe_id, qtype, ttl, rcode LIMIT ?",
             params,
         )

@@ -46,7 +46,7 @@ class QueryClient:
         except (urllib.error.URLError, OSError) as exc:
             raise QueryError(f"cannot reach the collector at {self.url}: {exc}") from None
 
-    def query(self, name: str, **params: Any) -> pd.DataFrame:
+    def query(self, name: str, /, **params: Any) -> pd.DataFrame:
         """Run a named query; timestamps come back as µs integers, as the contract says."""
         payload = self._request(f"/api/v1/query/{name}", params, ARROW_STREAM)
         with pa.ipc.open_stream(payload) as reader:
