@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,14 +77,14 @@ def demo_captures() -> list[Path]:
     return sorted((DATA / "captures").glob("*.pcap*")) + [lab]
 
 
-def start_collector(db: Path, port: int, netflow: bool) -> subprocess.Popen:
+def start_collector(db: Path, port: int, netflow: bool, probe_id: str) -> subprocess.Popen:
     nf_port = 2055 if netflow and udp_port_free("127.0.0.1", 2055) else 0
     ipfix_port = 4739 if netflow and udp_port_free("127.0.0.1", 4739) else 0
     command = [
         sys.executable, "-m", "collector", "serve", "--db", str(db),
         "--http-host", "127.0.0.1", "--http-port", str(port),
         "--netflow-port", str(nf_port), "--ipfix-port", str(ipfix_port),
-        "--token", f"{DEMO_TOKEN}=demo",
+        "--token", f"{DEMO_TOKEN}={probe_id}",
     ]  # fmt: skip
     proc = subprocess.Popen(command, cwd=ROOT)
     wait_http(f"http://127.0.0.1:{port}/health", proc, 60)
@@ -98,7 +99,7 @@ def start_collector(db: Path, port: int, netflow: bool) -> subprocess.Popen:
 def meter_into(captures: list[Path], url: str, probe_id: str) -> None:
     log(f"metering {len(captures)} capture(s) into the collector")
     command = [sys.executable, "-m", "probe", "read", *map(str, captures), "--collector", url, "--token",
-               DEMO_TOKEN, "--probe-id", probe_id]  # fmt: skip
+               DEMO_TOKEN, "--probe-id", probe_id, "--spool-dir", str(ROOT / "var" / "spool")]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(
@@ -143,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        collector = start_collector(db, args.collector_port, netflow=args.pcap is None)
+        probe_id = re.sub(r"[^A-Za-z0-9._-]", "_", args.pcap.stem) if args.pcap else "demo"
+        collector = start_collector(db, args.collector_port, netflow=args.pcap is None, probe_id=probe_id)
         procs.append(collector)
         url = f"http://127.0.0.1:{args.collector_port}"
         if not ready.exists():
             captures = [args.pcap] if args.pcap else demo_captures()
-            meter_into(captures, url, probe_id=args.pcap.stem if args.pcap else "demo")
+            meter_into(captures, url, probe_id=probe_id)
             ready.write_text(dt.datetime.now(dt.UTC).isoformat() + "\n")
         env = dict(os.environ, HOSTFLOW_COLLECTOR_URL=url)
         app = subprocess.Popen(

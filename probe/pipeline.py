@@ -7,6 +7,11 @@ and leave ``sink.close()`` to the caller, who owns the sink.
 
 A damaged file ends the run with ``ProbeInputError("FILE: packet N: reason")`` after everything
 metered before the damage was flushed (end reason ``end-of-capture``) and handed to the sink.
+
+Classic pcap files go through ``probe.fastpath`` (numpy: decoded a chunk at a time, metered in
+batches; same flows, names and counters, about 3× the per-packet rate); pcapng files, live
+capture, and any stretch of a file whose time goes backwards go packet by packet (``run``).
+``meter_files(..., vectorised=False)`` forces the per-packet path (the tests compare the two).
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ from probe.decode import LINKTYPES, Decoded, decode
 from probe.meter import TCP_END_GRACE_S, FlowMeter
 from probe.options import MeterOptions
 from probe.sink import Sink
+
+try:  # numpy makes file metering several times faster (probe.fastpath); without it, packet by packet
+    import numpy as np
+
+    from probe import fastpath
+except ImportError:  # pragma: no cover - a probe installed without numpy
+    np = None  # type: ignore[assignment]
+    fastpath = None  # type: ignore[assignment]
 
 try:  # written by another part; metering works without it
     from probe.names import NameExtractor
@@ -92,21 +105,29 @@ class _Engine:
         self.pending_names: list[Name] = []
         self._addr_text = self.meter._addr
         self.warned_linktypes: set[int] = set()
+        self.next_scan: int | None = None  # packet time of the next idle scan (files)
+        self.last_ts: int | None = None  # time of the latest packet; None before the first
+        self.in_order = True  # no packet so far was older than the one before it
 
-    def run(self, packets, first_scan: int | None = None, live: bool = False) -> None:
+    def run(self, packets, live: bool = False) -> None:
         """Meter an iterator of (linktype, ts_us, wire_len, frame); frame None = clock tick."""
         stats = self.stats
         errors = stats.parse_errors
         add = self.meter.add
         names = self.names
         interesting = names.interesting if names is not None else None
-        next_scan = first_scan
+        next_scan = self.next_scan
+        last_ts = self.last_ts if self.last_ts is not None else -1
+        in_order = self.in_order
         packets_seen = ip_packets = ip_bytes = non_ip = 0
         try:
             for linktype, ts, _wire_len, frame in packets:
                 if frame is None:
                     continue
                 packets_seen += 1
+                if ts < last_ts:
+                    in_order = False
+                last_ts = ts
                 try:
                     dec = decode(linktype, frame)
                 except Exception:  # noqa: BLE001 - a decoder bug must not stop the probe
@@ -143,6 +164,114 @@ class _Engine:
             stats.ip_packets += ip_packets
             stats.bytes += ip_bytes
             stats.non_ip += non_ip
+            self.next_scan = next_scan
+            self.in_order = in_order
+            if packets_seen:
+                self.last_ts = last_ts
+
+    # ------------------------------------------------------------ pcap files through probe.fastpath
+
+    def chunk_exactly(self, chunk) -> None:
+        """A chunk packet by packet (time went backwards): exactly what ``run`` does."""
+        buf, linktype = chunk.buf, chunk.linktype
+        starts, caplens, times = chunk.starts.tolist(), chunk.caplen.tolist(), chunk.ts.tolist()
+        self.run((linktype, times[i], caplens[i], bytes(buf[starts[i] : starts[i] + caplens[i]]))
+                 for i in range(len(starts)))  # fmt: skip
+
+    def decode_chunk(self, chunk):
+        """Decode a chunk (in time order), count it, learn its names; the columns go to ``meter_columns``."""
+        stats = self.stats
+        errors = stats.parse_errors
+        decoded = fastpath.decode_chunk(chunk, errors)
+        cols = decoded.cols
+        kind = cols.kind
+        ip = kind == fastpath.KIND_IP
+        stats.packets += cols.n
+        stats.ip_packets += int(ip.sum())
+        stats.bytes += int(cols.nbytes[ip].sum())
+        stats.non_ip += int((kind == fastpath.KIND_NON_IP).sum())
+        if "unsupported-linktype" in errors and chunk.linktype not in self.warned_linktypes:
+            self.warned_linktypes.add(chunk.linktype)
+            log.warning("link type %d is not supported: its packets are counted, not metered", chunk.linktype)
+        if self.names is not None:
+            self._chunk_names(chunk, decoded, np.flatnonzero(ip & (decoded.pay_end > decoded.pay_start)))
+        if cols.n:
+            self.last_ts = int(cols.ts[-1])
+        return cols
+
+    def _chunk_names(self, chunk, decoded, with_payload) -> None:
+        if not len(with_payload):
+            return
+        interesting = self.names.interesting
+        buf = chunk.buf
+        cols = decoded.cols
+        columns = (
+            cols.ts,
+            cols.version,
+            cols.proto,
+            cols.sport,
+            cols.dport,
+            decoded.pay_start,
+            decoded.pay_end,
+        )
+        values = [column[with_payload].tolist() for column in columns]
+        for i, ts, version, proto, sport, dport, start, end in zip(
+            with_payload.tolist(), *values, strict=True
+        ):
+            payload = bytes(buf[start:end])
+            if interesting(proto, sport, dport, payload):
+                src = fastpath.addr_bytes(version, int(cols.src_hi[i]), int(cols.src_lo[i]))
+                dst = fastpath.addr_bytes(version, int(cols.dst_hi[i]), int(cols.dst_lo[i]))
+                self._names(ts, src, dst, proto, sport, dport, payload)
+
+    def meter_columns(self, cols, batch) -> None:
+        """Meter decoded packets: in one batch when that is exact, else packet by packet as ``run`` would."""
+        ip = np.flatnonzero(cols.kind == fastpath.KIND_IP)
+        if batch.apply(cols, ip):
+            last_scan, self.next_scan = fastpath.scan_times(cols.ts, self.next_scan)
+            if last_scan is not None:
+                self.meter.expire(last_scan)
+                self._deliver_names()
+            return
+        add = self.meter.add
+        mac = batch._mac
+        addr = fastpath.addr_bytes
+        next_scan = self.next_scan
+        ip_mask = (cols.kind == fastpath.KIND_IP).tolist()
+        columns = (cols.ts, cols.vlan, cols.version, cols.proto, cols.sport, cols.dport, cols.flags, cols.tos,
+                   cols.nbytes, cols.src_hi, cols.src_lo, cols.dst_hi, cols.dst_lo, cols.smac, cols.dmac, cols.macs)  # fmt: skip
+        for is_ip, row in zip(
+            ip_mask, zip(*(column.tolist() for column in columns), strict=True), strict=True
+        ):
+            (
+                ts,
+                vlan,
+                version,
+                proto,
+                sport,
+                dport,
+                flags,
+                tos,
+                nbytes,
+                s_hi,
+                s_lo,
+                d_hi,
+                d_lo,
+                smac,
+                dmac,
+                macs,
+            ) = row
+            if is_ip:
+                add(ts, vlan, version, proto, addr(version, s_hi, s_lo), addr(version, d_hi, d_lo), sport, dport,
+                    flags, tos, nbytes, mac(smac, bool(macs & fastpath.MAC_SRC)),
+                    mac(dmac, bool(macs & fastpath.MAC_DST)))  # fmt: skip
+            if next_scan is None:
+                next_scan = ts + SCAN_INTERVAL_US
+            elif ts >= next_scan:
+                self.meter.expire(ts)
+                self._deliver_names()
+                next_scan = ts + SCAN_INTERVAL_US
+        self.next_scan = next_scan
 
     def _names(self, ts: int, src: bytes, dst: bytes, proto: int, sport: int, dport: int,
                payload: bytes) -> None:  # fmt: skip
@@ -189,6 +318,41 @@ def _with_progress(path: str, packets, progress: Callable[[str, int, int], None]
     progress(path, done, total)
 
 
+def _meter_pcap(engine: _Engine, path: str, header: tuple[str, int, int], progress) -> None:
+    """A classic pcap file through probe.fastpath: decoded chunk by chunk, metered in batches."""
+    batch = fastpath.BatchMeter(engine.meter)
+    total = file_size(path)
+    done = 0
+    pending: list = []
+    waiting = 0
+
+    def meter_pending() -> None:
+        nonlocal pending, waiting
+        if pending:
+            cols = fastpath.Columns.concat(pending)
+            pending, waiting = [], 0  # free the parts before metering needs its own arrays
+            engine.meter_columns(cols, batch)
+
+    for chunk in fastpath.PcapChunks(path, *header):
+        if engine.in_order and fastpath.in_order(chunk.ts, engine.last_ts):
+            pending.append(engine.decode_chunk(chunk))
+            waiting += len(chunk.ts)
+            if waiting >= fastpath.BATCH_PACKETS:
+                meter_pending()
+        else:
+            meter_pending()
+            engine.chunk_exactly(chunk)
+        done += len(chunk.ts)
+        if progress is not None:
+            progress(path, done, total)
+        if chunk.error is not None:
+            meter_pending()
+            raise chunk.error
+    meter_pending()
+    if progress is not None and not done:
+        progress(path, 0, total)
+
+
 def meter_files(
     paths: list[str],
     options: MeterOptions,
@@ -196,6 +360,7 @@ def meter_files(
     progress: Callable[[str, int, int], None] | None = None,
     *,
     tcp_end_grace: float = TCP_END_GRACE_S,
+    vectorised: bool = True,
 ) -> MeterStats:
     """Meter capture files in order, as one stream; flows still open at the end: ``end-of-capture``.
 
@@ -210,7 +375,12 @@ def meter_files(
     engine = _Engine(options, sink, tcp_end_grace)
     try:
         for path in paths:
-            engine.run(_with_progress(path, open_capture(path), progress, file_size(path)))
+            engine.next_scan = None
+            header = fastpath.pcap_header(path) if vectorised and fastpath is not None else None
+            if header is not None:
+                _meter_pcap(engine, path, header, progress)
+            else:
+                engine.run(_with_progress(path, open_capture(path), progress, file_size(path)))
     except ProbeInputError:
         engine.finish(END_EOF)
         raise

@@ -7,11 +7,11 @@ mode=${1:-run}
 cd "$(dirname "$0")/.."
 
 run_pkgs=(libpcap0.8 iproute2)
-test_pkgs=(tcpdump tshark softflowd nfdump fprobe chromium clickhouse-server systemd openssl)
+test_pkgs=(tcpdump tshark softflowd nfdump fprobe chromium clickhouse-server systemd openssl tcpreplay)
 # Binary each package provides, to see what is missing without asking dpkg for everything.
 declare -A provides=([tcpdump]=tcpdump [tshark]=tshark [softflowd]=softflowd [nfdump]=nfdump
   [fprobe]=fprobe [chromium]=chromium [clickhouse-server]=clickhouse-server [iproute2]=ip
-  [systemd]=systemd-analyze [openssl]=openssl)
+  [systemd]=systemd-analyze [openssl]=openssl [tcpreplay]=tcpreplay)
 
 missing=()
 want=("${run_pkgs[@]}")

@@ -18,7 +18,7 @@ from probe.config import FIELDS, read_config_file
 from tests.plugins.common import FIXTURES, ROOT
 
 IPHONE = FIXTURES / "probe" / "ndpi-iphone.pcap"
-HEAVY = ("duckdb", "pandas", "numpy", "pyarrow", "streamlit", "holoviews", "bokeh")
+HEAVY = ("duckdb", "pandas", "pyarrow", "streamlit", "holoviews", "bokeh")
 
 
 def make_install(target: str, stage: Path, **variables: str) -> subprocess.CompletedProcess:
@@ -112,13 +112,13 @@ def test_probe_venv_has_only_the_probe_requirements(probe_stage: Path) -> None:
     python = probe_stage / "opt/hostflow/probe/venv/bin/python"
     script = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m)))"
     found = subprocess.run(
-        [python, "-c", script, "scapy", "dns", *HEAVY], capture_output=True, text=True, check=True
+        [python, "-c", script, "scapy", "dns", "numpy", *HEAVY], capture_output=True, text=True, check=True
     )
-    assert found.stdout.split() == ["scapy", "dns"]
+    assert found.stdout.split() == ["scapy", "dns", "numpy"]  # numpy: the vectorised file path
 
 
 def test_the_installed_probe_reads_a_capture(probe_stage: Path, tmp_path: Path) -> None:
-    """Run as installed: its own venv and code only, no pyarrow, no numpy."""
+    """Run as installed: its own venv and code only, no pyarrow."""
     home = probe_stage / "opt/hostflow/probe"
     env = {
         "PATH": "/usr/bin:/bin",
@@ -176,13 +176,14 @@ def test_a_reinstall_keeps_the_edited_config(probe_stage: Path) -> None:
 def test_probe_requirements_resolve_for_the_pi_without_a_compiler(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
-         "--platform", "manylinux2014_aarch64", "--python-version", "3.11", "-r",
+         "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_28_aarch64",
+         "--python-version", "3.11", "-r",
          str(ROOT / "probe/requirements.txt"), "-d", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     wheels = sorted(p.name.split("-")[0].lower() for p in tmp_path.glob("*.whl"))
-    assert wheels == ["dnspython", "scapy"]
+    assert wheels == ["dnspython", "numpy", "scapy"]  # numpy: manylinux_2_28 (Pi OS 11/12 glibc)
 
 
 # ---------------------------------------------------------------- collector

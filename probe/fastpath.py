@@ -1,0 +1,868 @@
+"""Vectorised metering of classic pcap files with numpy: the per-packet path's flows, faster.
+
+What numpy buys: the per-packet path costs several microseconds of interpreter time per packet
+(read a record, decode it, update the flow table): about 100,000 packets per CPU second here,
+a fifth of softflowd. Here the file is read 32,768 packets at a time into one reused buffer,
+each step is done for the whole chunk at once, and the flow table is updated once per
+conversation per batch of 262,144 packets: about 3× the per-packet rate (bench/bench_probe.py;
+figures in docs/sizing-probe.md). Without numpy the probe still works, packet by packet.
+
+1. Walk the record headers. Records have variable lengths, so the walk is sequential; it is split
+   into lanes of a few KB that numpy walks side by side (a lane starts at a record header found by
+   looking for the capture's current seconds value). The lanes must join up exactly — lane j ends
+   on lane j+1's first record — or the chunk is walked again by a plain loop, which also reports
+   damage exactly as ``probe.capture`` does.
+2. Decode Ethernet (with at most one VLAN tag) + IPv4/IPv6 + TCP/UDP/ICMP headers with array
+   indexing. Every frame this does not cover exactly — other link types, more tags, MPLS, PPPoE,
+   fragments, IP options cut short, IPv6 extension headers, anything truncated — goes through
+   ``probe.decode.decode`` one by one, so problems are counted by the same reasons.
+3. Meter: canonical conversation keys hashed to one uint64 and grouped by one sort; the
+   idle-timeout splits come from ``np.diff`` of the sorted times; packets, bytes, flags, first/last
+   times per direction from ``reduceat``. The flow table (``FlowMeter.pairs``) is then updated once
+   per conversation rather than once per packet.
+
+Exactness. The result is the same set of flow records, names and counters as the per-packet path
+(tests/test_probe_fastpath.py compares them on every fixture and on generated traffic), because
+the fast path only does what it can prove equal and hands everything else to the exact code:
+
+- A chunk whose timestamps go backwards (or behind anything seen before), or that could fill the
+  flow table (eviction depends on the order of every packet), is metered packet by packet.
+- A conversation with a TCP SYN, FIN or RST in the chunk, one already closed by FIN/RST, or one
+  that reaches the active timeout in the chunk is fed to ``FlowMeter.add`` packet by packet.
+- Everything else is independent per conversation: only idle splits can happen, and those
+  are found exactly. The table's order (which pair is least recently active, used for eviction)
+  is rebuilt from the packet index of each pair's last creation/move, and the periodic idle scans
+  are replayed at the chunk's last scan time, which removes exactly the pairs the per-packet
+  scans would have removed by then (time does not go backwards inside such a chunk).
+
+Only the order in which flows are handed to the sink differs. Names still go through
+``NameExtractor`` one packet at a time, in capture order.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from hostflow.records import END_IDLE
+from probe.capture import _PCAP_MAGICS, MAX_RECORD, ProbeInputError
+from probe.decode import Decoded, decode
+from probe.meter import (
+    D_LAST,
+    EMPTY_PAIR,
+    MOVE_GRANULARITY_US,
+    P_CLOSED,
+    P_DIR0,
+    P_DIR1,
+    P_FIRST_DIR,
+    P_LAST,
+    P_MOVED,
+    P_START,
+    P_VERSION,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_PACKETS = 32_768  # packets per read chunk (the buffer holds their frames)
+BATCH_PACKETS = 131_072  # packets metered at once (about 200 bytes of arrays per packet)
+FIRST_CHUNK_BYTES = 4 << 20  # the first chunk's size; later ones from the packets' mean size
+MAX_CHUNK_BYTES = 128 << 20
+LANE_BYTES = 16_384  # bytes of capture per lane of the vectorised record walk
+SCAN_INTERVAL_US = 1_000_000  # as probe.pipeline: how often (packet time) idle pairs are expired
+
+_VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
+_KNOWN_ETYPES = (0x0800, 0x86DD, 0x8847, 0x8848, 0x8864, *_VLAN_TYPES)  # anything else is not IP
+_IP6_EXT = (0, 43, 44, 51, 60)  # left to the exact decoder
+_TCP_ENDS = 0x07  # FIN, SYN, RST: they change a pair's state, so the pair goes packet by packet
+
+TS_MAX = np.iinfo(np.int64).max
+
+
+def pcap_header(path: str) -> tuple[str, int, int] | None:
+    """(byte order, fraction divisor, link type) of a classic pcap file we can walk; else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:4] not in _PCAP_MAGICS:
+        return None
+    order, frac_div = _PCAP_MAGICS[head[:4]]
+    major, _minor, _zone, _sigfigs, _snaplen, linkfield = struct.unpack_from(order + "HHiIII", head, 4)
+    if major != 2:
+        return None
+    return order, frac_div, linkfield & 0xFFFF
+
+
+class Chunk:
+    """Records of one chunk: header offsets in ``buf`` and their fields, in capture order."""
+
+    def __init__(self, buf: memoryview, u8: np.ndarray, starts: np.ndarray, ts: np.ndarray,
+                 caplen: np.ndarray, linktype: int, error: ProbeInputError | None) -> None:  # fmt: skip
+        self.buf = buf
+        self.u8 = u8
+        self.starts = starts
+        self.ts = ts
+        self.caplen = caplen
+        self.linktype = linktype
+        self.error = error  # raise after metering the records before it
+
+
+class PcapChunks:
+    """Read a pcap file chunk by chunk into one reused buffer; iterate to get ``Chunk``s."""
+
+    def __init__(self, path: str, order: str, frac_div: int, linktype: int) -> None:
+        self.path = path
+        self.order = order
+        self.frac_div = frac_div
+        self.linktype = linktype
+        self.header = struct.Struct(order + "IIII")
+        self.lanes_failed = 0  # chunks the lanes could not walk (walked by the plain loop)
+
+    def __iter__(self):
+        with open(self.path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            base = 24
+            number = 0
+            want = FIRST_CHUNK_BYTES
+            buffer = bytearray()
+            while base < size:
+                length = min(want, size - base)
+                if len(buffer) < length:
+                    buffer = bytearray(length)
+                view = memoryview(buffer)[:length]
+                handle.seek(base)
+                handle.readinto(view)
+                at_eof = base + length >= size
+                starts, used, error = self._walk(view, length, at_eof, number)
+                if not len(starts) and error is None:
+                    if at_eof:  # pragma: no cover - _walk reports an incomplete record at EOF
+                        break
+                    want = min(want * 2, MAX_CHUNK_BYTES)
+                    continue
+                u8 = np.frombuffer(view, np.uint8)
+                yield self._chunk(view, u8, starts, error)
+                if error is not None:
+                    return
+                number += len(starts)
+                base += used
+                mean = max(used // len(starts), 1)
+                want = min(max(CHUNK_PACKETS * mean, 1 << 20), MAX_CHUNK_BYTES)
+
+    def _chunk(self, view: memoryview, u8: np.ndarray, starts: np.ndarray,
+               error: ProbeInputError | None) -> Chunk:  # fmt: skip
+        size = len(u8)
+        headers = as_strided(u8, shape=(max(size - 15, 0), 16), strides=(1, 1), writeable=False)[starts]
+        fields = headers.view(self.order + "u4").astype(np.int64)
+        sec, frac, caplen = fields[:, 0], fields[:, 1], fields[:, 2]
+        ts = sec * 1_000_000 + (frac if self.frac_div == 1 else frac // 1000)
+        return Chunk(view, u8, starts + 16, ts, caplen, self.linktype, error)
+
+    # ------------------------------------------------------------ the record walk
+
+    def _walk(self, view: memoryview, length: int, at_eof: bool, number: int):
+        """Offsets of the complete records in the buffer, bytes used, and an error or None."""
+        starts = None
+        if length >= 4 * LANE_BYTES:
+            starts = self._walk_lanes(view, length, at_eof)
+        if starts is None:
+            self.lanes_failed += length >= 4 * LANE_BYTES
+            return self._walk_loop(view, length, at_eof, number)
+        last = int(starts[-1])
+        return starts, last + 16 + self.header.unpack_from(view, last)[2], None
+
+    def _walk_loop(self, view: memoryview, length: int, at_eof: bool, number: int):
+        unpack = self.header.unpack_from
+        path = self.path
+        starts = []
+        offset = 0
+        error = None
+        while offset < length:
+            if offset + 16 > length:
+                if at_eof:
+                    error = ProbeInputError(
+                        f"{path}: packet {number + len(starts) + 1}: truncated record header (file cut short)"
+                    )
+                break
+            caplen = unpack(view, offset)[2]
+            if caplen > MAX_RECORD:
+                error = ProbeInputError(
+                    f"{path}: packet {number + len(starts) + 1}: record length {caplen} is larger than "
+                    f"{MAX_RECORD} (damaged file)"
+                )
+                break
+            if offset + 16 + caplen > length:
+                if at_eof:
+                    error = ProbeInputError(
+                        f"{path}: packet {number + len(starts) + 1}: truncated record "
+                        f"({length - offset - 16} of {caplen} bytes; file cut short)"
+                    )
+                break
+            starts.append(offset)
+            offset += 16 + caplen
+        return np.array(starts, dtype=np.int64), offset, error
+
+    def _walk_lanes(self, view: memoryview, length: int, at_eof: bool) -> np.ndarray | None:
+        """The record walk, many lanes at once; None when the lanes do not join up exactly."""
+        u32 = np.ndarray((length - 3,), dtype=self.order + "u4", buffer=view, strides=(1,))
+        frac_limit = 1_000_000 if self.frac_div == 1 else 1_000_000_000
+        # a lane starts where the first record's seconds (three high bytes) appear again
+        if self.order == "<":
+            pattern, shift = bytes(view[1:4]), 1
+        else:
+            pattern, shift = bytes(view[0:3]), 0
+        raw = view.obj if isinstance(view.obj, bytes | bytearray) else bytes(view)
+        found = [0]
+        for nominal in range(LANE_BYTES, length - LANE_BYTES, LANE_BYTES):
+            at = raw.find(pattern, nominal + shift, min(nominal + LANE_BYTES, length))
+            if at >= 0:
+                found.append(at - shift)
+        if len(found) < (length // LANE_BYTES) // 4:
+            return None
+        lanes = np.unique(np.array(found, dtype=np.int64))
+        lanes = lanes[lanes + 16 <= length]
+        # keep starts whose next three records look like headers too
+        plausible = np.ones(len(lanes), dtype=bool)
+        probe = lanes.copy()
+        for _ in range(3):
+            inside = probe + 16 <= length
+            at = np.where(inside, probe, 0)
+            caplen = u32[at + 8].astype(np.int64)
+            plausible &= ~inside | ((u32[at + 4] < frac_limit) & (caplen <= MAX_RECORD))
+            probe = np.where(inside, probe + 16 + caplen, probe)
+        plausible[0] = True
+        lanes = lanes[plausible]
+        stops = np.append(lanes[1:], length)
+        pos = lanes.copy()
+        active = np.arange(len(lanes))
+        visited = []
+        while active.size:
+            here = pos[active]
+            if (here + 16 > length).any():  # a header cut by the buffer's end
+                if at_eof:
+                    return None
+                last = active[-1]
+                if here[-1] + 16 > length and (here[:-1] + 16 <= length).all():
+                    stops[last] = here[-1]
+                    active = active[:-1]
+                    if not active.size:
+                        break
+                    here = pos[active]
+                else:
+                    return None
+            visited.append(here)
+            caplen = u32[here + 8].astype(np.int64)
+            if (caplen > MAX_RECORD).any():
+                return None
+            following = here + 16 + caplen
+            over = following > length
+            if over.any():
+                if at_eof or over[:-1].any() or active[-1] != len(lanes) - 1:
+                    return None
+                visited[-1] = here[:-1]  # the last lane's record runs past the buffer: next chunk
+                stops[-1] = here[-1]
+                following[-1] = here[-1]
+            pos[active] = following
+            active = active[following < stops[active]]
+        if not np.array_equal(pos[:-1], lanes[1:]):
+            return None
+        if not at_eof and pos[-1] < length and pos[-1] != stops[-1]:
+            return None
+        starts = np.sort(np.concatenate(visited)) if visited else np.zeros(0, dtype=np.int64)
+        return starts if len(starts) else None
+
+
+# ---------------------------------------------------------------- decode
+
+KIND_IP, KIND_NON_IP, KIND_ERROR = 0, 1, 2
+HEAD = 96  # bytes of each frame looked at by the array decoder (Ethernet + tag + IPv6 + TCP fit)
+_INT_FIELDS = ("ts", "version", "proto", "sport", "dport", "flags", "tos", "vlan", "nbytes", "macs")
+_WORD_FIELDS = ("src_hi", "src_lo", "dst_hi", "dst_lo", "smac", "dmac")
+MAC_SRC, MAC_DST = 1, 2  # bits of ``macs``: the link layer had that address
+
+
+class Columns:
+    """Decoded fields of packets, one array per field, in capture order (no reference to the frames)."""
+
+    __slots__ = ("n", "kind", *_INT_FIELDS, *_WORD_FIELDS)
+
+    @classmethod
+    def empty(cls, n: int) -> Columns:
+        cols = cls()
+        cols.n = n
+        cols.kind = np.full(n, KIND_ERROR, dtype=np.int8)
+        for name in _INT_FIELDS:
+            setattr(cols, name, np.zeros(n, dtype=np.int64))
+        for name in _WORD_FIELDS:
+            setattr(cols, name, np.zeros(n, dtype=np.uint64))
+        return cols
+
+    @classmethod
+    def concat(cls, parts: list[Columns]) -> Columns:
+        if len(parts) == 1:
+            return parts[0]
+        cols = cls()
+        cols.n = sum(part.n for part in parts)
+        for name in ("kind", *_INT_FIELDS, *_WORD_FIELDS):
+            setattr(cols, name, np.concatenate([getattr(part, name) for part in parts]))
+        return cols
+
+
+def addr_bytes(version: int, hi: int, lo: int) -> bytes:
+    if version == 4:
+        return lo.to_bytes(4, "big")
+    return hi.to_bytes(8, "big") + lo.to_bytes(8, "big")
+
+
+def _words(addr: bytes) -> tuple[int, int]:
+    if len(addr) == 16:
+        return int.from_bytes(addr[:8], "big"), int.from_bytes(addr[8:], "big")
+    return 0, int.from_bytes(addr, "big")
+
+
+class Decoded_chunk:  # noqa: N801 - a plain record
+    """A chunk's columns plus where each payload lies in the chunk's buffer (for names)."""
+
+    __slots__ = ("cols", "pay_start", "pay_end", "exact")
+
+    def __init__(self, cols: Columns, pay_start: np.ndarray, pay_end: np.ndarray, exact: dict) -> None:
+        self.cols = cols
+        self.pay_start = pay_start
+        self.pay_end = pay_end
+        self.exact = exact
+
+
+def decode_chunk(chunk: Chunk, errors: dict[str, int]) -> Decoded_chunk:
+    """Decode every packet of the chunk; frames the arrays cannot do exactly go to ``decode``."""
+    n = len(chunk.starts)
+    cols = Columns.empty(n)
+    cols.ts = chunk.ts
+    pay_start = np.zeros(n, dtype=np.int64)
+    pay_end = np.zeros(n, dtype=np.int64)
+    fast = np.zeros(n, dtype=bool)
+    if chunk.linktype == 1 and n:
+        _decode_ethernet(chunk, cols, pay_start, pay_end, fast)
+    rest = np.flatnonzero(~fast & (cols.kind != KIND_NON_IP))
+    exact: dict[int, Decoded] = {}
+    if len(rest):
+        _decode_exact(chunk, cols, pay_start, pay_end, rest, errors, exact)
+    return Decoded_chunk(cols, pay_start, pay_end, exact)
+
+
+def _be(rows: np.ndarray, column: int, width: int) -> np.ndarray:
+    value = rows[:, column].astype(np.int64)
+    for k in range(1, width):
+        value = (value << 8) | rows[:, column + k]
+    return value
+
+
+def _be64(rows: np.ndarray, column: int) -> np.ndarray:
+    return np.ascontiguousarray(rows[:, column : column + 8]).view(">u8").ravel().astype(np.uint64)
+
+
+def _decode_ethernet(chunk: Chunk, cols: Columns, pay_start, pay_end, fast) -> None:
+    u8 = chunk.u8
+    data = chunk.starts
+    caplen = chunk.caplen
+    size = len(u8)
+    if size < HEAD:
+        return
+    windows = as_strided(u8, shape=(size - HEAD + 1, HEAD), strides=(1, 1), writeable=False)
+    whole = data + HEAD <= size  # the last small frames of a buffer: exact decoder
+    rows = windows[np.minimum(data, size - HEAD)]
+    etype = _be(rows, 12, 2)
+    tagged = (etype == 0x8100) | (etype == 0x88A8) | (etype == 0x9100) | (etype == 0x9200)
+    inner = np.where(tagged, _be(rows, 16, 2), etype)
+    plain = (caplen >= 14) & (~tagged | (caplen >= 18))
+    known = np.zeros(len(inner), dtype=bool)
+    for value in _KNOWN_ETYPES:
+        known |= inner == value
+    cols.kind[whole & plain & ~known] = KIND_NON_IP
+    for tag in (False, True):
+        off = 18 if tag else 14
+        for version, etype_value in ((4, 0x0800), (6, 0x86DD)):
+            sel = np.flatnonzero(whole & plain & (tagged == tag) & (inner == etype_value))
+            if len(sel):
+                _decode_ip(rows[sel], caplen[sel], sel, off, version, cols, pay_start, pay_end, fast, data)
+    ip = np.flatnonzero(fast)
+    cols.vlan[ip] = np.where(tagged[ip], _be(rows[ip], 14, 2) & 0x0FFF, 0)
+    macs = np.zeros((len(ip), 16), dtype=np.uint8)
+    macs[:, 2:8] = rows[ip, 6:12]
+    macs[:, 10:16] = rows[ip, 0:6]
+    pair = macs.view(">u8")
+    cols.smac[ip] = pair[:, 0]
+    cols.dmac[ip] = pair[:, 1]
+    cols.macs[ip] = MAC_SRC | MAC_DST
+
+
+def _decode_ip(rows, caplen, sel, off, version, cols, pay_start, pay_end, fast, data) -> None:
+    if version == 4:
+        ok = (rows[:, off] == 0x45) & (caplen >= off + 20)  # IPv4 options: exact decoder
+        total = _be(rows, off + 2, 2)
+        ok &= (total >= 20) & ((_be(rows, off + 6, 2) & 0x3FFF) == 0)
+        proto = rows[:, off + 9].astype(np.int64)
+        tos = rows[:, off + 1].astype(np.int64)
+        nbytes = total
+        end = np.minimum(off + total, caplen)
+        transport = off + 20
+    else:
+        ok = ((rows[:, off] >> 4) == 6) & (caplen >= off + 40)
+        tos = ((rows[:, off].astype(np.int64) & 0x0F) << 4) | (rows[:, off + 1] >> 4)
+        plen = _be(rows, off + 4, 2)
+        proto = rows[:, off + 6].astype(np.int64)
+        for value in _IP6_EXT:
+            ok &= proto != value
+        nbytes = np.where(plen > 0, plen + 40, caplen - off)
+        end = np.where(plen > 0, np.minimum(off + plen + 40, caplen), caplen)
+        transport = off + 40
+    available = end - transport
+    tcp, udp = proto == 6, proto == 17
+    icmp = (proto == 1) | (proto == 58)
+    ok &= np.where(tcp, available >= 20, np.where(udp, available >= 8, ~icmp | (available >= 2)))
+    ports = tcp | udp
+    first_two = _be(rows, transport, 2)
+    sport = np.where(ports, first_two, 0)
+    dport = np.where(ports, _be(rows, transport + 2, 2), np.where(icmp, first_two, 0))
+    offset_byte = rows[:, transport + 12].astype(np.int64)
+    flags = np.where(tcp, rows[:, transport + 13], 0)
+    tcp_start = transport + (offset_byte >> 4) * 4
+    tcp_start = np.where((tcp_start > end) | (offset_byte < 0x50), end, tcp_start)
+    start = np.where(tcp, tcp_start, np.where(udp, transport + 8, end))
+    good = sel[ok]
+    fast[good] = True
+    cols.kind[good] = KIND_IP
+    cols.version[good] = version
+    for name, values in (("proto", proto), ("sport", sport), ("dport", dport), ("flags", flags),
+                         ("tos", tos), ("nbytes", nbytes)):  # fmt: skip
+        getattr(cols, name)[good] = values[ok]
+    base = data[good]
+    pay_start[good] = base + start[ok]
+    pay_end[good] = base + end[ok]
+    rows = rows[ok]
+    if version == 4:
+        cols.src_lo[good] = _be(rows, off + 12, 4)
+        cols.dst_lo[good] = _be(rows, off + 16, 4)
+    else:
+        cols.src_hi[good] = _be64(rows, off + 8)
+        cols.src_lo[good] = _be64(rows, off + 16)
+        cols.dst_hi[good] = _be64(rows, off + 24)
+        cols.dst_lo[good] = _be64(rows, off + 32)
+
+
+def _decode_exact(chunk, cols, pay_start, pay_end, rest, errors, exact) -> None:
+    buf = chunk.buf
+    linktype = chunk.linktype
+    starts = chunk.starts.tolist()
+    caplens = chunk.caplen.tolist()
+    for i in rest.tolist():
+        start = starts[i]
+        frame = bytes(buf[start : start + caplens[i]])
+        try:
+            dec = decode(linktype, frame)
+        except Exception:  # noqa: BLE001 - a decoder bug must not stop the probe
+            log.exception("decoder failed on a %d-byte frame", len(frame))
+            dec = "decode-error"
+        if dec.__class__ is Decoded:
+            if dec.problem:
+                errors[dec.problem] = errors.get(dec.problem, 0) + 1
+            cols.kind[i] = KIND_IP
+            cols.version[i] = dec.version
+            cols.proto[i] = dec.protocol
+            cols.sport[i] = dec.src_port
+            cols.dport[i] = dec.dst_port
+            cols.flags[i] = dec.tcp_flags
+            cols.tos[i] = dec.tos
+            cols.vlan[i] = dec.vlan
+            cols.nbytes[i] = dec.ip_bytes
+            pay_start[i] = start + dec.payload_start
+            pay_end[i] = start + dec.payload_end
+            cols.src_hi[i], cols.src_lo[i] = _words(dec.src)
+            cols.dst_hi[i], cols.dst_lo[i] = _words(dec.dst)
+            macs = 0
+            if dec.src_mac:
+                macs |= MAC_SRC
+                cols.smac[i] = int.from_bytes(dec.src_mac, "big")
+            if dec.dst_mac:
+                macs |= MAC_DST
+                cols.dmac[i] = int.from_bytes(dec.dst_mac, "big")
+            cols.macs[i] = macs
+            exact[i] = dec
+        elif dec is None:
+            cols.kind[i] = KIND_NON_IP
+        else:
+            errors[dec] = errors.get(dec, 0) + 1
+
+
+# ---------------------------------------------------------------- meter
+
+
+def scan_times(ts: np.ndarray, next_scan: int | None) -> tuple[int | None, int | None]:
+    """Replay the pipeline's scan clock over monotonic ``ts``: (last scan time or None, next_scan)."""
+    last = None
+    position = 0
+    n = len(ts)
+    if n and next_scan is None:
+        next_scan = int(ts[0]) + SCAN_INTERVAL_US
+        position = 1
+    while position < n:
+        position += int(np.searchsorted(ts[position:], next_scan, side="left"))
+        if position >= n:
+            break
+        last = int(ts[position])
+        next_scan = last + SCAN_INTERVAL_US
+        position += 1
+    return last, next_scan
+
+
+def in_order(ts: np.ndarray, last_ts: int | None) -> bool:
+    """True if ``ts`` never goes backwards, also from ``last_ts`` (the packet before)."""
+    if not len(ts):
+        return True
+    if last_ts is not None and ts[0] < last_ts:
+        return False
+    return bool((ts[1:] >= ts[:-1]).all())
+
+
+def _mix(columns: tuple[np.ndarray, ...]) -> np.ndarray:
+    value = np.full(len(columns[0]), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for column in columns:
+        value ^= column.astype(np.uint64)
+        value *= np.uint64(0xBF58476D1CE4E5B9)
+        value ^= value >> np.uint64(31)
+    return value
+
+
+INDEX_BITS = 21  # packets per batch at most 2**21: the sort key is (44-bit hash, packet index)
+
+
+class BatchMeter:
+    """Apply columns of packets to a ``FlowMeter``; see the module docstring for when it may."""
+
+    def __init__(self, meter) -> None:
+        self.meter = meter
+        self.keys: dict[tuple, tuple] = {}  # numeric identity → the table's key tuple (shared objects)
+        self.macs: dict[int, bytes] = {}
+
+    def apply(self, cols: Columns, ip: np.ndarray) -> bool:
+        """Meter packets ``ip`` (indices, capture order); False (nothing done) if it could evict."""
+        count = len(ip)
+        if not count:
+            return True
+        if count >= 1 << INDEX_BITS:  # pragma: no cover - batches are smaller
+            raise ValueError("batch too large")
+        meter = self.meter
+        pairs = meter.pairs
+        if count == cols.n:  # all IP (the common case): no copies
+            ip = slice(None)
+        ts = cols.ts[ip]
+        sport, dport = cols.sport[ip], cols.dport[ip]
+        src_hi, src_lo, dst_hi, dst_lo = cols.src_hi[ip], cols.src_lo[ip], cols.dst_hi[ip], cols.dst_lo[ip]
+        src_first = (src_hi < dst_hi) | ((src_hi == dst_hi) & (src_lo < dst_lo))
+        same = (src_hi == dst_hi) & (src_lo == dst_lo)
+        flip = ~(src_first | (same & (sport <= dport)))
+        side = flip.astype(np.int64)
+        lo_hi, lo_lo = np.where(flip, dst_hi, src_hi), np.where(flip, dst_lo, src_lo)
+        hi_hi, hi_lo = np.where(flip, src_hi, dst_hi), np.where(flip, src_lo, dst_lo)
+        lo_port, hi_port = np.where(flip, dport, sport), np.where(flip, sport, dport)
+        version, proto = cols.version[ip], cols.proto[ip]
+        parts = (version * 256 + proto, lo_port * 65536 + hi_port, lo_hi, lo_lo, hi_hi, hi_lo)
+        del src_first, same, lo_hi, lo_lo, hi_hi, hi_lo, lo_port, hi_port, src_hi, src_lo, dst_hi, dst_lo
+        digest = _mix(parts)
+        sort_key = (digest >> np.uint64(INDEX_BITS)) << np.uint64(INDEX_BITS) | np.arange(
+            count, dtype=np.uint64
+        )
+        del digest
+        order = np.argsort(sort_key)
+        group_bits = sort_key[order] >> np.uint64(INDEX_BITS)
+        del sort_key
+        boundary = np.empty(count, dtype=bool)
+        boundary[0] = True
+        np.not_equal(group_bits[1:], group_bits[:-1], out=boundary[1:])
+        sorted_parts = [part[order] for part in parts]
+        exact_boundary = boundary.copy()
+        for column in sorted_parts:  # a hash collision would merge two conversations: check it
+            exact_boundary[1:] |= column[1:] != column[:-1]
+        if (exact_boundary != boundary).any():
+            order = np.lexsort(tuple(reversed(parts)))
+            sorted_parts = [part[order] for part in parts]
+            boundary = np.zeros(count, dtype=bool)
+            boundary[0] = True
+            for column in sorted_parts:
+                boundary[1:] |= column[1:] != column[:-1]
+        group_first = np.flatnonzero(boundary)
+        group_of = np.cumsum(boundary) - 1
+        groups = len(group_first)
+        group_end = np.r_[group_first[1:], count]
+
+        if isinstance(ip, slice):
+            ip = np.arange(count)
+        keys = self._keys(sorted_parts, group_first, ip[order[group_first]], cols, flip[order[group_first]])
+        proto_s = sorted_parts[0] & 0xFF
+        del parts, sorted_parts, group_bits, exact_boundary, flip
+        existing = [pairs.get(key) for key in keys]
+        if len(pairs) + existing.count(None) > meter.max_pairs:
+            return False
+
+        ts_s = ts[order]
+        side_s = side[order]
+        flags_s = cols.flags[ip][order]
+        has = np.fromiter((pair is not None for pair in existing), dtype=bool, count=groups)
+        known = [pair if pair is not None else _NO_PAIR for pair in existing]
+        old_last = np.fromiter((pair[P_LAST] for pair in known), dtype=np.int64, count=groups)
+        old_start = np.fromiter((pair[P_START] for pair in known), dtype=np.int64, count=groups)
+        old_moved = np.fromiter((pair[P_MOVED] for pair in known), dtype=np.int64, count=groups)
+        closed = np.fromiter((bool(pair[P_CLOSED]) for pair in known), dtype=bool, count=groups)
+
+        # segments: a new pair starts at a group's first packet (no pair, or idle) and at idle gaps
+        idle = meter.idle_us
+        seg_flag = np.empty(count, dtype=bool)
+        seg_flag[0] = True
+        np.greater(ts_s[1:] - ts_s[:-1], idle, out=seg_flag[1:])
+        seg_flag |= boundary
+        seg_first = np.flatnonzero(seg_flag)
+        seg_of = np.cumsum(seg_flag) - 1
+        seg_group = group_of[seg_first]
+        seg_end = np.r_[seg_first[1:], count]
+        group_seg0 = seg_of[group_first]
+        last_seg = seg_of[group_end - 1]
+        seg_cont = np.zeros(len(seg_first), dtype=bool)
+        seg_cont[group_seg0] = has & (ts_s[group_first] - old_last <= idle)
+        seg_begin = np.where(seg_cont, old_start[seg_group], ts_s[seg_first])
+        seg_last_ts = ts_s[seg_end - 1]
+
+        # conversations that go packet by packet: TCP SYN/FIN/RST, closed, or reaching the active timeout
+        ends = (proto_s == 6) & ((flags_s & _TCP_ENDS) != 0)
+        complex_group = closed
+        complex_group[group_of[ends]] = True
+        complex_group[seg_group[seg_last_ts - seg_begin > meter.active_us]] = True
+
+        # per segment and direction: packets, bytes, flags, first/last time, first packet
+        nbytes_s = cols.nbytes[ip][order]
+        packets1 = np.add.reduceat(side_s, seg_first)
+        packets0 = (seg_end - seg_first) - packets1
+        bytes_all = np.add.reduceat(nbytes_s, seg_first)
+        bytes1 = np.add.reduceat(nbytes_s * side_s, seg_first)
+        zero = side_s == 0
+        flags0 = np.bitwise_or.reduceat(np.where(zero, flags_s, 0), seg_first)
+        flags1 = np.bitwise_or.reduceat(np.where(zero, 0, flags_s), seg_first)
+        position = np.arange(count)
+        first0 = np.minimum.reduceat(np.where(zero, position, count), seg_first)
+        first1 = np.minimum.reduceat(np.where(zero, count, position), seg_first)
+        last0 = np.maximum.reduceat(np.where(zero, ts_s, -1), seg_first)
+        last1 = np.maximum.reduceat(np.where(zero, -1, ts_s), seg_first)
+        moved, event = _moves(ts_s, order, seg_first, seg_end, seg_cont, old_moved[seg_group], last_seg)
+
+        simple = ~complex_group
+        self._apply_simple(
+            cols, ip[order], keys, existing, np.flatnonzero(simple), group_seg0, last_seg, seg_cont,
+            seg_begin, seg_last_ts, side_s[seg_first], packets0, packets1, bytes_all - bytes1, bytes1,
+            flags0, flags1, first0, first1, last0, last1, moved,
+        )  # fmt: skip
+        events = {}
+        event_of = event[last_seg]
+        for g in np.flatnonzero(simple & (event_of >= 0)).tolist():
+            events[keys[g]] = event_of[g]
+        if not simple.all():
+            self._apply_complex(cols, ip, order, group_of, keys, complex_group, events)
+        for key in sorted(events, key=events.__getitem__):
+            pairs[key] = pairs.pop(key)
+        return True
+
+    def _keys(self, sorted_parts, group_first, heads, cols, flipped) -> list[tuple]:
+        """The table key of each group, (proto, src, sport, dst, dport) as FlowMeter.add makes it."""
+        cache = self.keys
+        if len(cache) > 4 * self.meter.max_pairs:
+            cache.clear()
+        identities = zip(*(column[group_first].tolist() for column in sorted_parts), strict=True)
+        keys = []
+        missing = []
+        for g, identity in enumerate(identities):
+            key = cache.get(identity)
+            if key is None:
+                missing.append(g)
+            keys.append(key)
+        if missing:
+            heads_list = heads.tolist()
+            flipped_list = flipped.tolist()
+            for g in missing:
+                packet = heads_list[g]
+                version = int(cols.version[packet])
+                src = addr_bytes(version, int(cols.src_hi[packet]), int(cols.src_lo[packet]))
+                dst = addr_bytes(version, int(cols.dst_hi[packet]), int(cols.dst_lo[packet]))
+                sport, dport = int(cols.sport[packet]), int(cols.dport[packet])
+                if flipped_list[g]:
+                    key = (int(cols.proto[packet]), dst, dport, src, sport)
+                else:
+                    key = (int(cols.proto[packet]), src, sport, dst, dport)
+                identity = tuple(int(column[group_first[g]]) for column in sorted_parts)
+                cache[identity] = keys[g] = key
+        return keys
+
+    def _mac(self, value: int, present: bool) -> bytes:
+        if not present:
+            return b""
+        raw = self.macs.get(value)
+        if raw is None:
+            if len(self.macs) > 65_536:
+                self.macs.clear()
+            raw = self.macs[value] = value.to_bytes(6, "big")
+        return raw
+
+    def _firsts(self, cols: Columns, packets: np.ndarray) -> dict[int, tuple]:
+        """(first time, tos, vlan, src MAC, dst MAC) of the packets that open a direction."""
+        mac = self._mac
+        values = [column[packets].tolist() for column in (cols.ts, cols.tos, cols.vlan, cols.smac, cols.dmac,
+                                                           cols.macs)]  # fmt: skip
+        return {
+            packet: (ts, tos, vlan, mac(smac, bool(macs & MAC_SRC)), mac(dmac, bool(macs & MAC_DST)))
+            for packet, ts, tos, vlan, smac, dmac, macs in zip(packets.tolist(), *values, strict=True)
+        }
+
+    def _apply_simple(self, cols, packet_sorted, keys, existing, simple, group_seg0, last_seg, seg_cont,
+                      seg_begin, seg_last_ts, seg_side, packets0, packets1, bytes0, bytes1, flags0, flags1,
+                      first0, first1, last0, last1, moved) -> None:  # fmt: skip
+        meter = self.meter
+        pairs = meter.pairs
+        export = meter._export
+        version_of = cols.version
+        # the first packet of each direction that starts in this batch gives its tos, vlan and MACs
+        groups_simple = np.zeros(len(group_seg0), dtype=bool)
+        groups_simple[simple] = True
+        seg_groups = np.repeat(np.arange(len(group_seg0)), last_seg - group_seg0 + 1)
+        had0 = np.fromiter((pair is not None and pair[P_DIR0] > 0 for pair in existing), dtype=bool,
+                           count=len(existing))  # fmt: skip
+        had1 = np.fromiter((pair is not None and pair[P_DIR1] > 0 for pair in existing), dtype=bool,
+                           count=len(existing))  # fmt: skip
+        opens = groups_simple[seg_groups]
+        new0 = first0[opens & (packets0 > 0) & ~(seg_cont & had0[seg_groups])]
+        new1 = first1[opens & (packets1 > 0) & ~(seg_cont & had1[seg_groups])]
+        firsts = self._firsts(cols, packet_sorted[np.concatenate([new0, new1])])
+
+        def direction(packet: int, count: int, nbytes: int, flags: int, last: int) -> tuple:
+            ts, tos, vlan, smac, dmac = firsts[packet]
+            return count, nbytes, flags, ts, last, tos, vlan, smac, dmac
+
+        (g_seg0, g_last, s_cont, s_begin, s_last, s_side, n0, n1, b0, b1, f0, f1, p0, p1, l0, l1, s_moved) = (
+            a.tolist() for a in (group_seg0, last_seg, seg_cont, seg_begin, seg_last_ts, seg_side, packets0,
+                                 packets1, bytes0, bytes1, flags0, flags1, first0, first1, last0, last1, moved)
+        )  # fmt: skip
+        packets = packet_sorted.tolist()
+        for g in simple.tolist():
+            key = keys[g]
+            pair = existing[g]
+            first_seg, final_seg = g_seg0[g], g_last[g]
+            for s in range(first_seg, final_seg + 1):
+                if s_cont[s]:
+                    if n0[s]:
+                        if pair[P_DIR0]:
+                            pair[P_DIR0] += n0[s]
+                            pair[P_DIR0 + 1] += b0[s]
+                            pair[P_DIR0 + 2] |= f0[s]
+                            if l0[s] > pair[P_DIR0 + D_LAST]:
+                                pair[P_DIR0 + D_LAST] = l0[s]
+                        else:
+                            pair[P_DIR0 : P_DIR0 + 9] = direction(packets[p0[s]], n0[s], b0[s], f0[s], l0[s])
+                    if n1[s]:
+                        if pair[P_DIR1]:
+                            pair[P_DIR1] += n1[s]
+                            pair[P_DIR1 + 1] += b1[s]
+                            pair[P_DIR1 + 2] |= f1[s]
+                            if l1[s] > pair[P_DIR1 + D_LAST]:
+                                pair[P_DIR1 + D_LAST] = l1[s]
+                        else:
+                            pair[P_DIR1 : P_DIR1 + 9] = direction(packets[p1[s]], n1[s], b1[s], f1[s], l1[s])
+                    if s_last[s] > pair[P_LAST]:
+                        pair[P_LAST] = s_last[s]
+                else:
+                    if pair is not None:
+                        if pairs.get(key) is pair:
+                            del pairs[key]
+                        export(key, pair, pair[P_CLOSED] or END_IDLE)
+                    pair = list(EMPTY_PAIR)
+                    pair[P_START] = pair[P_MOVED] = s_begin[s]
+                    pair[P_LAST] = s_last[s]
+                    pair[P_FIRST_DIR] = s_side[s]
+                    pair[P_VERSION] = int(version_of[packets[p0[s] if n0[s] else p1[s]]])
+                    if n0[s]:
+                        pair[P_DIR0 : P_DIR0 + 9] = direction(packets[p0[s]], n0[s], b0[s], f0[s], l0[s])
+                    if n1[s]:
+                        pair[P_DIR1 : P_DIR1 + 9] = direction(packets[p1[s]], n1[s], b1[s], f1[s], l1[s])
+                    pairs[key] = pair
+            pair[P_MOVED] = s_moved[final_seg]
+            if len(meter.pending) >= meter.batch:
+                meter.deliver()
+
+    def _apply_complex(self, cols, ip, order, group_of, keys, complex_group, events) -> None:
+        meter = self.meter
+        pairs = meter.pairs
+        add = meter.add
+        group_by_packet = np.empty(len(order), dtype=np.int64)
+        group_by_packet[order] = group_of
+        chosen = np.flatnonzero(complex_group[group_by_packet])
+        packets = ip[chosen]
+        values = [column[packets].tolist() for column in (cols.ts, cols.vlan, cols.version, cols.proto,
+                                                          cols.sport, cols.dport, cols.flags, cols.tos,
+                                                          cols.nbytes, cols.src_hi, cols.src_lo, cols.dst_hi,
+                                                          cols.dst_lo, cols.smac, cols.dmac, cols.macs)]  # fmt: skip
+        mac = self._mac
+        for position, group, row in zip(chosen.tolist(), group_by_packet[chosen].tolist(), zip(*values, strict=True),
+                                        strict=True):  # fmt: skip
+            (
+                ts,
+                vlan,
+                version,
+                proto,
+                sport,
+                dport,
+                flags,
+                tos,
+                nbytes,
+                s_hi,
+                s_lo,
+                d_hi,
+                d_lo,
+                smac,
+                dmac,
+                macs,
+            ) = row
+            key = keys[group]
+            old = pairs.get(key)
+            old_moved = old[P_MOVED] if old is not None else None
+            add(ts, vlan, version, proto, addr_bytes(version, s_hi, s_lo), addr_bytes(version, d_hi, d_lo), sport,
+                dport, flags, tos, nbytes, mac(smac, bool(macs & MAC_SRC)), mac(dmac, bool(macs & MAC_DST)))  # fmt: skip
+            new = pairs[key]
+            if new is not old or new[P_MOVED] != old_moved:
+                events[key] = position
+
+
+_NO_PAIR = EMPTY_PAIR
+
+
+def _moves(ts_s, order, seg_first, seg_end, seg_cont, seg_old_moved, last_seg):
+    """P_MOVED of each segment's pair after the batch, and the packet that set it (-1: none in the batch).
+
+    Only the groups' last segments are followed (the others end inside the batch). A pair moves to
+    the table's end when a packet comes more than MOVE_GRANULARITY_US after its last move.
+    """
+    count = len(seg_first)
+    moved = np.where(seg_cont, seg_old_moved, ts_s[seg_first])
+    event = np.where(seg_cont, -1, order[seg_first])
+    tmin = int(ts_s.min())
+    span = int(ts_s.max()) - tmin + 2
+    if count * span >= 1 << 62:  # pragma: no cover - a batch spanning centuries
+        raise OverflowError("batch spans too long a time")
+    seg_index = np.repeat(np.arange(count, dtype=np.int64), seg_end - seg_first)
+    composite = seg_index * span + (ts_s - tmin)
+    active = last_seg
+    while active.size:
+        target = np.clip(moved[active] - tmin + MOVE_GRANULARITY_US, -1, span - 1)
+        found = np.searchsorted(composite, active * span + target, side="right")
+        inside = found < seg_end[active]
+        active, found = active[inside], found[inside]
+        moved[active] = ts_s[found]
+        event[active] = order[found]
+    return moved, event

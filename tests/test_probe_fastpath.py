@@ -1,0 +1,234 @@
+"""The vectorised file path (probe.fastpath) gives exactly the per-packet path's results.
+
+Both paths run on every capture fixture and on generated traffic (the benchmark's generator:
+TCP handshakes, FIN and RST closes, UDP, ICMP, IPv6, VLAN tags), with several option sets that
+drive each branch: idle and active timeouts, a flow table small enough to evict (the batch must
+step aside), names on, tiny chunks (many lanes, chunks and batches), time going backwards, a
+file cut short. Every flow record (all fields), every name, the health counters and the error
+must be equal; only the order in which flows reach the sink may differ.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from bench.bench_probe import write_pcap
+from hostflow.records import flow_row, name_row
+from probe import fastpath
+from probe.capture import open_capture
+from probe.options import MeterOptions
+from probe.pipeline import ProbeInputError, meter_files
+from probe.sink import MemorySink
+from tests.plugins.common import FIXTURES
+
+CAPTURES = sorted(
+    path
+    for folder in ("pcap", "probe", "malformed", "names")
+    for path in (FIXTURES / folder).iterdir()
+    if path.suffix in (".pcap", ".pcapng", ".cap")
+)
+OPTION_SETS = {
+    "default": {},
+    "short-timeouts": {"idle_timeout": 0.4, "active_timeout": 2.0},
+    "no-timeouts": {"idle_timeout": 1e9, "active_timeout": 1e9, "names": False},
+    "small-table": {"max_flows": 40},
+    "table-fills-up": {"max_flows": 1000},
+}
+
+
+def _run(paths: list[Path], vectorised: bool, **options) -> tuple:
+    sink = MemorySink()
+    error = None
+    try:
+        meter_files([str(p) for p in paths], MeterOptions(**options), sink, vectorised=vectorised)
+    except ProbeInputError as exc:
+        error = str(exc)
+    health = {k: v for k, v in sink.health.items() if k not in ("ts", "uptime_s")}
+    flows = sorted(tuple(flow_row(flow)) for flow in sink.flows)
+    return flows, [name_row(name) for name in sink.names], health, error
+
+
+def assert_same(paths: list[Path], **options) -> tuple:
+    exact = _run(paths, False, **options)
+    fast = _run(paths, True, **options)
+    for label, one, other in zip(("flows", "names", "health", "error"), exact, fast, strict=True):
+        if label == "flows" and one != other:
+            only_exact, only_fast = sorted(set(one) - set(other)), sorted(set(other) - set(one))
+            pytest.fail(f"flows differ: {len(one)} vs {len(other)}; only per-packet {only_exact[:3]}; "
+                        f"only vectorised {only_fast[:3]}")  # fmt: skip
+        assert one == other, f"{label} differ"
+    return exact
+
+
+@pytest.fixture
+def batches(monkeypatch) -> list[bool]:
+    """What every BatchMeter.apply answered (True: metered as a batch; False: it stepped aside)."""
+    answers: list[bool] = []
+    original = fastpath.BatchMeter.apply
+
+    def apply(self, cols, ip):
+        answers.append(original(self, cols, ip))
+        return answers[-1]
+
+    monkeypatch.setattr(fastpath.BatchMeter, "apply", apply)
+    return answers
+
+
+@pytest.fixture
+def small_chunks(monkeypatch) -> None:
+    monkeypatch.setattr(fastpath, "FIRST_CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(fastpath, "CHUNK_PACKETS", 700)
+    monkeypatch.setattr(fastpath, "BATCH_PACKETS", 3000)
+    monkeypatch.setattr(fastpath, "LANE_BYTES", 2048)
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory) -> Path:
+    """40,000 packets, 600 conversations open at a time, 2% turnover: many opens and closes."""
+    path = tmp_path_factory.mktemp("fastpath") / "traffic.pcap"
+    write_pcap(path, 40_000, seed=11, concurrent=600, turnover=0.02, mean_gap_us=200)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_like(tmp_path_factory) -> Path:
+    """The benchmark's traffic (20,000 concurrent conversations), 150,000 packets of it."""
+    path = tmp_path_factory.mktemp("fastpath") / "bench.pcap"
+    write_pcap(path, 150_000)
+    return path
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=[f"{p.parent.name}/{p.name}" for p in CAPTURES])
+def test_every_fixture(capture: Path) -> None:
+    for options in OPTION_SETS.values():
+        assert_same([capture], **options)
+
+
+def test_fixtures_take_the_fast_path(batches) -> None:
+    """The comparison above is not vacuous: Ethernet pcaps are metered in batches."""
+    flows, _names, health, error = assert_same([FIXTURES / "pcap" / "ndpi-iphone.pcap"])
+    assert error is None and len(flows) == 90 and health["packets_captured"] == 500
+    assert batches and all(batches)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+def test_generated_traffic(traffic: Path, options: dict, batches, small_chunks) -> None:
+    flows, _names, health, error = assert_same([traffic], **options)
+    assert error is None and health["packets_captured"] >= 40_000
+    reasons = {flow[FLOW_END_REASON] for flow in flows}
+    if options.get("max_flows") == 40:
+        assert False in batches and "evicted" in reasons  # the batch stepped aside, as it must
+    elif options.get("max_flows"):
+        # batches and evicting chunks alternate: eviction follows the table order the batches left
+        assert batches.count(True) >= 3 and batches.count(False) >= 3 and "evicted" in reasons
+    else:
+        assert batches.count(True) >= 10  # 40,000 packets in batches of 3,000 or more
+        assert {"fin", "rst"} <= reasons
+    if options.get("idle_timeout") == 0.4:
+        assert {"idle", "active"} <= reasons
+
+
+def test_bench_traffic(bench_like: Path, batches) -> None:
+    flows, _names, health, _error = assert_same([bench_like], names=False)
+    assert health["packets_captured"] >= 150_000 and len(flows) > 20_000
+    assert batches and all(batches)
+
+
+def test_time_going_backwards(traffic: Path, tmp_path: Path, small_chunks) -> None:
+    """Records out of time order: the rest of the stream goes packet by packet, still equal."""
+    data = bytearray(traffic.read_bytes())
+    records = [offset for _linktype, offset in _record_offsets(traffic)]
+    for index in (5_000, 5_001, 22_222):  # move three packets one second into the past
+        sec = struct.unpack_from("<I", data, records[index])[0]
+        struct.pack_into("<I", data, records[index], sec - 1)
+    disordered = tmp_path / "disordered.pcap"
+    disordered.write_bytes(bytes(data))
+    assert_same([disordered])
+    assert_same([disordered], idle_timeout=0.4, active_timeout=2.0)
+
+
+def test_several_files_as_one_stream(traffic: Path, tmp_path: Path, small_chunks) -> None:
+    later = tmp_path / "copy.pcap"
+    shutil.copy(traffic, later)
+    assert_same([traffic, FIXTURES / "pcap" / "ndpi-sites.pcapng", later], idle_timeout=0.4)
+
+
+def test_file_cut_short(traffic: Path, tmp_path: Path, small_chunks) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(traffic.read_bytes()[:1_234_567])
+    _flows, _names, health, error = assert_same([cut])
+    assert error is not None and "file cut short" in error and health["packets_captured"] > 1000
+
+
+def test_damaged_record_length(traffic: Path, tmp_path: Path, small_chunks) -> None:
+    data = bytearray(traffic.read_bytes())
+    offset = [offset for _linktype, offset in _record_offsets(traffic)][9_999]
+    struct.pack_into("<I", data, offset + 8, 300_000)
+    damaged = tmp_path / "damaged.pcap"
+    damaged.write_bytes(bytes(data))
+    _flows, _names, health, error = assert_same([damaged])
+    assert error == f"{damaged}: packet 10000: record length 300000 is larger than 262144 (damaged file)"
+    assert health["packets_captured"] == 9_999
+
+
+@pytest.mark.parametrize("lane_bytes", [1024, 4096, 16_384])
+def test_record_walk(traffic: Path, monkeypatch, lane_bytes: int) -> None:
+    """The lanes find every record, exactly as the plain reader does, and do join up."""
+    monkeypatch.setattr(fastpath, "FIRST_CHUNK_BYTES", 256 << 10)
+    monkeypatch.setattr(fastpath, "CHUNK_PACKETS", 2000)
+    monkeypatch.setattr(fastpath, "LANE_BYTES", lane_bytes)
+    expected = [(ts, frame) for _linktype, ts, _wire, frame in open_capture(str(traffic))]
+    reader = fastpath.PcapChunks(str(traffic), *fastpath.pcap_header(str(traffic)))
+    seen = []
+    for chunk in reader:
+        for start, caplen, ts in zip(
+            chunk.starts.tolist(), chunk.caplen.tolist(), chunk.ts.tolist(), strict=True
+        ):
+            seen.append((ts, bytes(chunk.buf[start : start + caplen])))
+    assert seen == expected
+    assert reader.lanes_failed == 0
+
+
+FLOW_END_REASON = 16  # index of end_reason in a flow row
+
+
+def _record_offsets(path: Path):
+    data = path.read_bytes()
+    offset = 24
+    while offset < len(data):
+        yield 1, offset
+        offset += 16 + struct.unpack_from("<I", data, offset + 8)[0]
+
+
+def _udp(sport: int) -> bytes:
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    )
+    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + struct.pack("!HHHH", sport, 6000, 8, 0)
+
+
+def test_idle_and_active_boundaries(tmp_path: Path, batches) -> None:
+    """A gap of exactly the idle timeout keeps a flow, one microsecond more splits it; the same
+    for the active timeout (checked on both paths: the first conversation stays in the batch, the
+    second reaches the active timeout and goes packet by packet)."""
+    start = 1_600_000_000_000_000
+    packets = [(start, 5000), (start + 1_000_000, 5000), (start + 2_000_001, 5000),
+               (start + 100, 5001), (start + 1_000_100, 5001), (start + 1_000_101, 5001)]  # fmt: skip
+    path = tmp_path / "boundaries.pcap"
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for ts, sport in sorted(packets):
+            frame = _udp(sport)
+            out.write(struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(frame), len(frame)) + frame)
+    flows, _names, _health, _error = assert_same([path], idle_timeout=1.0, active_timeout=1.0)
+    assert sorted((f[6], f[1], f[2], f[9], f[FLOW_END_REASON]) for f in flows) == [
+        (5000, start, start + 1_000_000, 2, "idle"),
+        (5000, start + 2_000_001, start + 2_000_001, 1, "end-of-capture"),
+        (5001, start + 100, start + 1_000_100, 2, "active"),
+        (5001, start + 1_000_101, start + 1_000_101, 1, "end-of-capture"),
+    ]
+    assert batches == [True]
