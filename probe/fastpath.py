@@ -36,7 +36,10 @@ the fast path only does what it can prove equal and hands everything else to the
   scans would have removed by then (time does not go backwards inside such a chunk).
 
 Only the order in which flows are handed to the sink differs. Names still go through
-``NameExtractor`` one packet at a time, in capture order.
+``NameExtractor.feed`` one packet at a time, in capture order, but only the packets it could
+learn from: ``name_packets`` picks them with arrays by the rule ``probe.names`` declares (ports,
+first bytes), and leaves to ``NameExtractor.interesting`` only the TCP packets whose ports may
+have a partial message buffered when they come.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import struct
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from hostflow.records import END_IDLE
+from hostflow.records import END_IDLE, PROTO_TCP, PROTO_UDP
 from probe.capture import _PCAP_MAGICS, MAX_RECORD, ProbeInputError
 from probe.decode import Decoded, decode
 from probe.meter import (
@@ -62,6 +65,15 @@ from probe.meter import (
     P_MOVED,
     P_START,
     P_VERSION,
+)
+from probe.names import (
+    CLIENT_HELLO_FIRST,
+    CLIENT_HELLO_MORE,
+    CLIENT_HELLO_TELL,
+    HTTP_METHOD_PREFIXES,
+    HTTP_PREFIX_LEN,
+    TCP_SOURCE_PORTS,
+    UDP_SOURCE_PORTS,
 )
 
 log = logging.getLogger(__name__)
@@ -495,6 +507,62 @@ def _decode_exact(chunk, cols, pay_start, pay_end, rest, errors, exact) -> None:
             cols.kind[i] = KIND_NON_IP
         else:
             errors[dec] = errors.get(dec, 0) + 1
+
+
+# ---------------------------------------------------------------- names
+
+_UDP_SOURCE_PORTS = np.array(sorted(UDP_SOURCE_PORTS), dtype=np.int64)
+_TCP_SOURCE_PORTS = np.array(sorted(TCP_SOURCE_PORTS), dtype=np.int64)
+_HTTP_PREFIX_WORDS = np.array(sorted(int.from_bytes(prefix, "big") for prefix in HTTP_METHOD_PREFIXES),
+                              dtype=np.int64)  # fmt: skip
+
+
+def interesting_alone(u8: np.ndarray, proto: np.ndarray, sport: np.ndarray, pay_start: np.ndarray,
+                      pay_end: np.ndarray) -> np.ndarray:  # fmt: skip
+    """``probe.names.interesting_alone`` of packets whose payloads are ``u8[pay_start:pay_end]``."""
+    length = pay_end - pay_start
+    last = len(u8) - 1
+
+    def byte(at: int) -> np.ndarray:  # -1 past the payload's end
+        return np.where(length > at, u8[np.minimum(pay_start + at, last)].astype(np.int64), -1)
+
+    tcp = proto == PROTO_TCP
+    hello = byte(0) == CLIENT_HELLO_FIRST
+    if hello.any():
+        known = np.ones(len(hello), dtype=bool)
+        for at, value in CLIENT_HELLO_MORE:
+            known &= byte(at) == value
+        hello &= (length < CLIENT_HELLO_TELL) | known
+    word = np.zeros(len(length), dtype=np.int64)
+    for at in range(HTTP_PREFIX_LEN):
+        word = (word << 8) | (byte(at) & 0xFF)
+    http = (length >= HTTP_PREFIX_LEN) & np.isin(word, _HTTP_PREFIX_WORDS)
+    udp = (proto == PROTO_UDP) & np.isin(sport, _UDP_SOURCE_PORTS)
+    return udp | (tcp & (np.isin(sport, _TCP_SOURCE_PORTS) | hello | http))
+
+
+def name_packets(u8: np.ndarray, decoded: Decoded_chunk, with_payload: np.ndarray,
+                 buffered: set[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The packets of ``with_payload`` (capture order) that ``NameExtractor.interesting`` may accept.
+
+    Returns (packets, alone): ``alone`` marks the ones it accepts whatever its state; the others
+    are TCP packets whose (sport, dport) may have a buffered partial message when they come, and
+    only ``interesting`` itself can tell. ``buffered`` is the extractor's ``buffered_port_pairs()``
+    before the first of them.
+    """
+    cols = decoded.cols
+    proto, sport = cols.proto[with_payload], cols.sport[with_payload]
+    alone = interesting_alone(
+        u8, proto, sport, decoded.pay_start[with_payload], decoded.pay_end[with_payload]
+    )
+    tcp = proto == PROTO_TCP
+    # A buffer is only made by feeding a TCP packet, keyed by that packet's ports; so the ports that
+    # can be buffered during this chunk are those buffered now and those of TCP packets fed alone.
+    ports = sport * 65536 + cols.dport[with_payload]
+    now = np.array([s * 65536 + d for s, d in buffered], dtype=np.int64)
+    maybe = tcp & ~alone & np.isin(ports, np.concatenate([now, ports[tcp & alone]]))
+    keep = alone | maybe
+    return with_payload[keep], alone[keep]
 
 
 # ---------------------------------------------------------------- meter

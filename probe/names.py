@@ -1,7 +1,8 @@
 """Name learning: DNS/mDNS/LLMNR answers, NetBIOS, TLS SNI, HTTP Host and DHCP host names.
 
 The metering engine calls ``NameExtractor.interesting()`` for every TCP/UDP packet with payload
-and ``feed()`` for the few it accepts. Every byte here comes from the wire, so every length is
+and ``feed()`` for the few it accepts (probe.fastpath applies the same rule, declared below as
+constants, to whole arrays of packets and asks ``interesting()`` only where buffers decide). Every byte here comes from the wire, so every length is
 bounded, ``feed()`` never raises, and each call is accounted for in ``counters``: names by source
 (``"dns"``, ``"sni"``…), parse errors by reason (``"dns-malformed"``, ``"tls-malformed"``…) and
 benign outcomes as ``"ignored-…"`` / ``"buffered-…"``.
@@ -37,21 +38,31 @@ PORT_NETBIOS_NS = 137
 PORT_DHCP_SERVER = 67
 PORT_DHCP_CLIENT = 68
 
+# What ``interesting()`` accepts, as data: probe.fastpath applies the same constants to whole
+# arrays of packets, so the rule lives here only.
 # Every name-bearing UDP message we read is sent *from* one of these ports (responses,
 # announcements, NetBIOS registrations, DHCP client and server messages).
 UDP_SOURCE_PORTS = frozenset(
     {PORT_DNS, PORT_MDNS, PORT_LLMNR, PORT_NETBIOS_NS, PORT_DHCP_SERVER, PORT_DHCP_CLIENT}
 )
-DNS_FAMILY_SOURCE = {PORT_DNS: "dns", PORT_MDNS: "mdns", PORT_LLMNR: "llmnr"}
+TCP_SOURCE_PORTS = frozenset({PORT_DNS})  # DNS over TCP: every segment of a response
+# A TCP payload that opens a ClientHello: first byte 0x16 (a handshake record), then either
+# fewer than CLIENT_HELLO_TELL bytes (too short to tell) or every (offset, byte) of CLIENT_HELLO_MORE.
+CLIENT_HELLO_FIRST = 0x16
+CLIENT_HELLO_MORE = ((1, 3), (5, 1))  # TLS major version 3, handshake type ClientHello
+CLIENT_HELLO_TELL = 6
+HTTP_PREFIX_LEN = 4
 HTTP_METHOD_PREFIXES = frozenset(
     {b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PROP"}
 )
+DNS_FAMILY_SOURCE = {PORT_DNS: "dns", PORT_MDNS: "mdns", PORT_LLMNR: "llmnr"}
 
 # Bounds on what an attacker can make us keep.
 MAX_TCP_BUFFERS = 256  # concurrent half-streams with a partial DNS message or ClientHello
 MAX_TLS_BUFFER = 16 * 1024 + 5  # a ClientHello larger than one full TLS record is given up
 MAX_TLS_SEGMENTS = 4
 MAX_DNS_TCP_BUFFER = 65535 + 2
+DNS_HEADER_LEN = 12
 MAX_DNS_TCP_MESSAGES = 64  # per segment: a stream of tiny messages must not spin forever
 TCP_BUFFER_IDLE_US = 10_000_000  # a continuation later than this belongs to nobody
 MAX_HTTP_HEAD = 16 * 1024  # long query strings push Host past the first segment
@@ -325,6 +336,24 @@ def _netbios_name(data: bytes, pos: int) -> tuple[str, int, int]:
 # ---------------------------------------------------------------- the extractor
 
 
+_HELLO_FIRST = bytes((CLIENT_HELLO_FIRST,))
+
+
+def interesting_alone(proto: int, sport: int, payload: bytes) -> bool:
+    """The part of ``NameExtractor.interesting`` that needs no state: ports and first bytes."""
+    if proto == PROTO_UDP:
+        return sport in UDP_SOURCE_PORTS
+    if proto != PROTO_TCP:
+        return False
+    if sport in TCP_SOURCE_PORTS:
+        return True
+    if payload[:1] == _HELLO_FIRST and (
+        len(payload) < CLIENT_HELLO_TELL or all(payload[at] == value for at, value in CLIENT_HELLO_MORE)
+    ):
+        return True
+    return payload[:HTTP_PREFIX_LEN] in HTTP_METHOD_PREFIXES
+
+
 class _TcpBuffer:
     __slots__ = ("kind", "data", "segments", "last_us")
 
@@ -356,17 +385,15 @@ class NameExtractor:
     # -------------------------------------------------------- the interface
 
     def interesting(self, proto: int, sport: int, dport: int, payload: bytes) -> bool:
-        if proto == PROTO_UDP:
-            return sport in UDP_SOURCE_PORTS
-        if proto != PROTO_TCP:
-            return False
-        if sport == PORT_DNS:
-            return True
-        if payload[:1] == b"\x16" and (len(payload) < 6 or (payload[1] == 3 and payload[5] == 1)):
-            return True  # a ClientHello, or a first segment too short to tell
-        if payload[:4] in HTTP_METHOD_PREFIXES:
-            return True
-        return (sport, dport) in self._buffered_ports
+        """True if ``feed()`` may learn something from this packet (``payload`` not empty)."""
+        return interesting_alone(proto, sport, payload) or (
+            proto == PROTO_TCP and (sport, dport) in self._buffered_ports
+        )
+
+    def buffered_port_pairs(self) -> set[tuple[int, int]]:
+        """(sport, dport) of the TCP half-streams with a partial message kept: their later
+        segments are interesting whatever they start with."""
+        return set(self._buffered_ports)
 
     def feed(
         self, ts_us: int, src: str, dst: str, proto: int, sport: int, dport: int, payload: bytes
@@ -455,6 +482,10 @@ class NameExtractor:
         messages = 0
         while len(data) >= 2 and messages < MAX_DNS_TCP_MESSAGES:
             length = (data[0] << 8) | data[1]
+            if length < DNS_HEADER_LEN:  # framing lost (or not DNS): nothing after it can be read
+                self._buffer_drop(key)
+                self._count("dns-tcp-malformed")
+                return names
             if len(data) < 2 + length:
                 break
             message = bytes(data[2 : 2 + length])

@@ -214,12 +214,15 @@ class _Engine:
             decoded.pay_start,
             decoded.pay_end,
         )
-        values = [column[with_payload].tolist() for column in columns]
-        for i, ts, version, proto, sport, dport, start, end in zip(
-            with_payload.tolist(), *values, strict=True
+        chosen, alone = fastpath.name_packets(
+            chunk.u8, decoded, with_payload, self.names.buffered_port_pairs()
+        )
+        values = [column[chosen].tolist() for column in columns]
+        for i, accepted, ts, version, proto, sport, dport, start, end in zip(
+            chosen.tolist(), alone.tolist(), *values, strict=True
         ):
             payload = bytes(buf[start:end])
-            if interesting(proto, sport, dport, payload):
+            if accepted or interesting(proto, sport, dport, payload):
                 src = fastpath.addr_bytes(version, int(cols.src_hi[i]), int(cols.src_lo[i]))
                 dst = fastpath.addr_bytes(version, int(cols.dst_hi[i]), int(cols.dst_lo[i]))
                 self._names(ts, src, dst, proto, sport, dport, payload)

@@ -10,16 +10,21 @@ must be equal; only the order in which flows reach the sink may differ.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.bench_probe import write_pcap
 from hostflow.records import flow_row, name_row
 from probe import fastpath
 from probe.capture import open_capture
+from probe.names import HTTP_METHOD_PREFIXES, NameExtractor
 from probe.options import MeterOptions
 from probe.pipeline import ProbeInputError, meter_files
 from probe.sink import MemorySink
@@ -232,3 +237,114 @@ def test_idle_and_active_boundaries(tmp_path: Path, batches) -> None:
         (5001, start + 1_000_101, start + 1_000_101, 1, "end-of-capture"),
     ]
     assert batches == [True]
+
+
+# ---------------------------------------------------------------- which packets go to the name learner
+
+PCAPS = [path for path in CAPTURES if fastpath.pcap_header(str(path)) is not None]
+
+
+def _packet(chunk, decoded, i: int) -> tuple:
+    """(ts, src, dst, proto, sport, dport, payload) of packet ``i``, as NameExtractor.feed takes them."""
+    cols = decoded.cols
+    version = int(cols.version[i])
+    src = fastpath.addr_bytes(version, int(cols.src_hi[i]), int(cols.src_lo[i]))
+    dst = fastpath.addr_bytes(version, int(cols.dst_hi[i]), int(cols.dst_lo[i]))
+    payload = bytes(chunk.buf[int(decoded.pay_start[i]) : int(decoded.pay_end[i])])
+    return (int(cols.ts[i]), str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)),
+            int(cols.proto[i]), int(cols.sport[i]), int(cols.dport[i]), payload)  # fmt: skip
+
+
+def _selections(
+    path: Path,
+) -> tuple[list[int], list[int], list[bool], list[bool], NameExtractor, NameExtractor]:
+    """Chunk by chunk through ``name_packets`` and, beside it, ``interesting()`` on every packet.
+
+    Returns the packets each way accepted (numbered across the file), the array rule alone and a
+    fresh extractor's ``interesting()`` for every packet with a payload, and both extractors (whose
+    names must be equal).
+    """
+    selected, reference, alone_rule, fresh_rule = [], [], [], []
+    ours, theirs, fresh = NameExtractor("t"), NameExtractor("t"), NameExtractor("t")
+    ours_names, theirs_names = [], []
+    base = 0
+    for chunk in fastpath.PcapChunks(str(path), *fastpath.pcap_header(str(path))):
+        decoded = fastpath.decode_chunk(chunk, {})
+        cols = decoded.cols
+        with_payload = np.flatnonzero((cols.kind == fastpath.KIND_IP) & (decoded.pay_end > decoded.pay_start))
+
+        for i in with_payload.tolist():  # the per-packet rule: interesting() asked about every packet
+            ts, src, dst, proto, sport, dport, payload = _packet(chunk, decoded, i)
+            fresh_rule.append(fresh.interesting(proto, sport, dport, payload))
+            if theirs.interesting(proto, sport, dport, payload):
+                reference.append(base + i)
+                theirs_names += theirs.feed(ts, src, dst, proto, sport, dport, payload)
+        cols_p = cols.proto[with_payload], cols.sport[with_payload]
+        alone_rule += fastpath.interesting_alone(
+            chunk.u8, *cols_p, decoded.pay_start[with_payload], decoded.pay_end[with_payload]
+        ).tolist()
+        chosen, alone = fastpath.name_packets(chunk.u8, decoded, with_payload, ours.buffered_port_pairs())
+        for i, accepted in zip(chosen.tolist(), alone.tolist(), strict=True):  # as probe.pipeline does
+            ts, src, dst, proto, sport, dport, payload = _packet(chunk, decoded, i)
+            if accepted or ours.interesting(proto, sport, dport, payload):
+                selected.append(base + i)
+                ours_names += ours.feed(ts, src, dst, proto, sport, dport, payload)
+        base += cols.n
+    assert ours_names == theirs_names
+    return selected, reference, alone_rule, fresh_rule, ours, theirs
+
+
+@pytest.mark.parametrize("capture", PCAPS, ids=[f"{p.parent.name}/{p.name}" for p in PCAPS])
+def test_name_selection_is_interesting(capture: Path, small_chunks) -> None:
+    """The arrays pick exactly the packets ``interesting()`` accepts, in order (buffers carried
+    across many small chunks), so the extractor ends with the same names and counters."""
+    selected, reference, alone_rule, fresh_rule, ours, theirs = _selections(capture)
+    assert alone_rule == fresh_rule  # no buffers: interesting() is the stateless rule
+    assert selected == reference
+    assert ours.counters == theirs.counters
+
+
+def test_name_selection_follows_buffers(small_chunks) -> None:
+    """Not vacuous: on the name captures, continuation segments are accepted only because their
+    ports have a partial message buffered (the part the arrays leave to ``interesting()``)."""
+    continued = 0
+    for capture in PCAPS:
+        if capture.parent.name != "names":
+            continue
+        selected, reference, alone_rule, _fresh, ours, _theirs = _selections(capture)
+        assert selected == reference
+        continued += len(selected) - sum(alone_rule)
+    assert continued > 0
+
+
+_BYTES = st.one_of(st.sampled_from([0x16, 3, 1, 0, 0xFF, *b"GETPOSHADLUCNRIOTZ "]), st.integers(0, 255))
+_PAYLOAD = st.one_of(
+    st.lists(_BYTES, min_size=1, max_size=9).map(bytes),
+    st.sampled_from(sorted(HTTP_METHOD_PREFIXES)).flatmap(
+        lambda p: st.binary(max_size=3).map(lambda t: p + t)
+    ),
+)
+
+
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from([6, 17, 1, 58, 132]),
+            st.sampled_from([53, 67, 68, 137, 443, 5353, 5355, 80, 9]),
+            _PAYLOAD,
+        ),  # fmt: skip
+        min_size=1,
+        max_size=40,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_interesting_alone_arrays(packets: list[tuple[int, int, bytes]]) -> None:
+    """Short payloads, payloads at the buffer's very end, every first byte the rule looks at."""
+    data = b"".join(payload for _proto, _sport, payload in packets)
+    ends = np.cumsum([len(payload) for _proto, _sport, payload in packets])
+    starts = ends - [len(payload) for _proto, _sport, payload in packets]
+    proto = np.array([p for p, _s, _b in packets], dtype=np.int64)
+    sport = np.array([s for _p, s, _b in packets], dtype=np.int64)
+    got = fastpath.interesting_alone(np.frombuffer(data, np.uint8), proto, sport, starts, ends).tolist()
+    extractor = NameExtractor("t")
+    assert got == [extractor.interesting(p, s, 40000, b) for p, s, b in packets]

@@ -760,3 +760,13 @@ def test_garbage_never_raises_and_is_counted(payload: bytes, where: tuple[int, i
             assert name.source in NAME_SOURCES
         assert sum(extractor.counters.values()) > before
     assert "names-internal-error" not in extractor.counters
+
+
+def test_dns_tcp_length_below_header_stops_the_segment() -> None:
+    """A DNS-over-TCP length under the 12-byte header means the framing is lost: one error for the
+    segment, nothing buffered, instead of up to 64 empty 'messages' parsed one by one."""
+    extractor = NameExtractor("t")
+    assert extractor.feed(1, "10.0.0.53", "10.0.0.2", 6, 53, 40000, bytes(1400)) == []
+    assert extractor.counters == {"dns-tcp-malformed": 1}
+    assert extractor.buffered_port_pairs() == set()
+    assert extractor.interesting(6, 40000, 53, bytes(10)) is False  # nothing buffered for its ports
