@@ -31,6 +31,7 @@ HELP: dict[str, str] = {
     "netflow_drops_total": "NetFlow/IPFIX datagrams or records dropped, by reason",
     "netflow_template_misses_total": "data sets whose template was not known yet",
     "netflow_sequence_gaps_total": "gaps in exporter sequence numbers",
+    "netflow_kernel_drops_total": "datagrams the kernel dropped on a full NetFlow socket buffer",
     "retention_deleted_flows_total": "flows deleted by retention",
 }
 GAUGES = {"ingest_lag_seconds", "write_queue_depth"}

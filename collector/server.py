@@ -20,11 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import uvicorn
 
 from collector.api import ApiState, build_app
 from collector.config import Config
 from collector.metrics import Metrics
+from collector.netflow import ColumnBatch
 from collector.store import Store, open_store
 from hostflow.records import Flow
 
@@ -66,12 +69,21 @@ class Writer(threading.Thread):
 
 class NetflowSink:
     """Collects flows from the UDP listeners and writes them in few transactions (one flush job
-    in the queue at a time, taking everything that arrived meanwhile)."""
+    in the queue at a time, taking everything that arrived meanwhile).
 
-    def __init__(self, store: Store, writer: Writer, metrics: Metrics) -> None:
+    The listeners hand over ColumnBatches (``on_batch``): the writer thread decodes them into Arrow
+    columns and stores them with ``Store.ingest_columns``, one transaction per exporter and
+    observation domain per flush. While the store is behind, up to ``max_pending`` records wait;
+    past that a batch is dropped and counted (``netflow_drops_total{reason="store_backlog"}``).
+    ``on_flows`` takes Flow lists (the per-record path)."""
+
+    def __init__(self, store: Store, writer: Writer, metrics: Metrics, max_pending: int = 2_000_000) -> None:
         self.store, self.writer, self.metrics = store, writer, metrics
+        self.max_pending = max_pending
         self._lock = threading.Lock()
         self._pending: dict[str, list[Flow]] = defaultdict(list)
+        self._batches: list[ColumnBatch] = []
+        self._pending_records = 0
         self._scheduled = False
 
     def on_flows(self, flows: list[Flow], exporter: str) -> None:
@@ -79,14 +91,32 @@ class NetflowSink:
             return
         with self._lock:
             self._pending[exporter].extend(flows)
-            if self._scheduled:
-                return
+            self._schedule()
+
+    def on_batch(self, batch: ColumnBatch) -> None:
+        with self._lock:
+            if self._pending_records + batch.records > self.max_pending:
+                dropped = batch.records
+            else:
+                dropped = 0
+                self._batches.append(batch)
+                self._pending_records += batch.records
+                self._schedule()
+        if dropped:
+            self.metrics.inc("netflow_drops_total", dropped, reason="store_backlog")
+            log.warning("event=netflow_backlog_drop records=%d pending_limit=%d", dropped, self.max_pending)
+
+    def _schedule(self) -> None:
+        """Queue one flush job unless one is waiting (caller holds the lock)."""
+        if not self._scheduled:
             self._scheduled = True
-        self.writer.submit(self._flush)
+            self.writer.submit(self._flush)
 
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, defaultdict(list)
+            batches, self._batches = self._batches, []
+            self._pending_records = 0
             self._scheduled = False
         for exporter, flows in pending.items():
             for flow in flows:
@@ -95,15 +125,31 @@ class NetflowSink:
             try:
                 result = self.store.ingest(None, exporter, flows, [])
             except Exception as exc:
-                self.metrics.inc("store_errors_total")
-                self.metrics.inc("netflow_drops_total", len(flows), reason="store_failed")
-                log.error(
-                    "event=netflow_store_failed exporter=%s flows=%d error=%r", exporter, len(flows), str(exc)
-                )
+                self._failed(exporter, len(flows), exc)
                 continue
-            self.metrics.inc("flows_stored_total", result.flows, origin="netflow")
-            newest = max(flow.flow_end for flow in flows)
-            self.metrics.set("ingest_lag_seconds", max(0.0, time.time() - newest / 1e6))
+            self._stored(result.flows, max(flow.flow_end for flow in flows))
+        tables: dict[tuple[str, str], list[pa.Table]] = defaultdict(list)
+        for batch in batches:
+            for exporter, probe_id, table in batch.tables():
+                tables[(exporter, probe_id)].append(table)
+        for (exporter, probe_id), parts in tables.items():
+            table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            try:
+                result = self.store.ingest_columns(None, exporter, table, probe_id=probe_id)
+            except Exception as exc:
+                self._failed(exporter, table.num_rows, exc)
+                continue
+            newest = pc.max(table.column("flow_end")).cast(pa.int64()).as_py()
+            self._stored(result.flows, newest)
+
+    def _stored(self, flows: int, newest_us: int) -> None:
+        self.metrics.inc("flows_stored_total", flows, origin="netflow")
+        self.metrics.set("ingest_lag_seconds", max(0.0, time.time() - newest_us / 1e6))
+
+    def _failed(self, exporter: str, flows: int, exc: Exception) -> None:
+        self.metrics.inc("store_errors_total")
+        self.metrics.inc("netflow_drops_total", flows, reason="store_failed")
+        log.error("event=netflow_store_failed exporter=%s flows=%d error=%r", exporter, flows, str(exc))
 
 
 def runtime_path(db: str) -> Path:
@@ -138,6 +184,7 @@ def netflow_series(snapshot: dict[str, Any]) -> list[tuple[str, dict[str, object
         ("netflow_records_total", {}, snapshot["records"]),
         ("netflow_template_misses_total", {}, snapshot["template_misses"]),
         ("netflow_sequence_gaps_total", {}, sum(snapshot["sequence_gaps"].values())),
+        ("netflow_kernel_drops_total", {}, snapshot.get("kernel_drops", 0)),
     ]
     series += [
         ("netflow_drops_total", {"reason": reason}, count) for reason, count in snapshot["drops"].items()
@@ -154,7 +201,7 @@ def _start_netflow(config: Config, sink: NetflowSink, metrics: Metrics) -> Any:
     except ImportError:
         log.error("event=netflow_unavailable detail='collector.udp is missing; NetFlow/IPFIX not received'")
         return None
-    handle = start_udp_listeners(config.netflow_host, ports, sink.on_flows)
+    handle = start_udp_listeners(config.netflow_host, ports, on_batch=sink.on_batch)
     metrics.add_source(lambda: netflow_series(handle.metrics.snapshot()))
     log.info("event=netflow_listening host=%s ports=%s", config.netflow_host, ports)
     return handle
@@ -193,7 +240,7 @@ def serve(config: Config) -> int:
         )
         log.error("event=store_open_failed backend=%s db=%s error=%r", config.backend, where, str(exc))
         print(
-            f"collector: cannot open {where}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+            f"collector: cannot open {where}: {(str(exc) or repr(exc)).splitlines()[0]}",
             file=sys.stderr,
         )
         return 1

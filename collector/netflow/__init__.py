@@ -25,6 +25,7 @@ truncated_record / empty_template (sets before the bad one are kept), data sets 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +33,13 @@ from typing import Any
 from hostflow.records import Flow
 
 from . import ipfix, v5, v9
-from .fields import record_sampler_id, record_sampling, record_to_flow
-from .templates import DecodeError, FieldSpec, TemplateCache, TemplateKey
+from .columnar import ColumnBatch
+from .fields import emit_records, record_sampler_id, record_sampling
+from .templates import DecodeError, FieldSpec, Template, TemplateCache, TemplateKey
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodeError", "NetflowDecoder", "NetflowMetrics"]
+__all__ = ["ColumnBatch", "DecodeError", "NetflowDecoder", "NetflowMetrics"]
 
 _STATE_LIMIT = 65_536  # exporter/domain entries kept in each small state table
 _LOGGED_LIMIT = 10_000
@@ -55,6 +57,7 @@ class NetflowMetrics:
     templates_active: int = 0
     sequence_gaps: dict[str, int] = field(default_factory=dict)  # "nf:exporter:domain" → gaps
     held: int = 0  # data sets waiting for their template now
+    kernel_drops: int = 0  # datagrams the kernel dropped on a full socket buffer (collector.udp)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class NetflowMetrics:
             "templates_active": self.templates_active,
             "sequence_gaps": dict(self.sequence_gaps),
             "held": self.held,
+            "kernel_drops": self.kernel_drops,
         }
 
 
@@ -103,14 +107,24 @@ class NetflowDecoder:
         self._held_by_key: dict[TemplateKey, list[int]] = {}
         self._held_serial = 0
         self._logged: set[tuple[str, str]] = set()
+        self._batch: ColumnBatch | None = None
+        self.lock = threading.Lock()  # for callers that share one decoder between threads
 
     # ------------------------------------------------------------ public
 
-    def feed(self, datagram: bytes, exporter: str, received_us: int) -> list[Flow]:
-        """Decode one export datagram from ``exporter`` (its source IP). Never raises."""
+    def feed(
+        self, datagram: bytes, exporter: str, received_us: int, batch: ColumnBatch | None = None
+    ) -> list[Flow]:
+        """Decode one export datagram from ``exporter`` (its source IP). Never raises.
+
+        Without ``batch``: returns the datagram's flows (the per-record path). With ``batch``: the
+        flows go into the batch instead (data sets of fixed-length templates queued for the
+        columnar path, the rest as Flows) and the list is empty; ``batch.tables()`` makes the tables.
+        """
         metrics = self.metrics
         metrics.packets += 1
         out: list[Flow] = []
+        self._batch = batch
         try:
             if self._held:
                 self.expire(received_us)
@@ -133,8 +147,17 @@ class NetflowDecoder:
         except Exception:  # noqa: BLE001 - one datagram must never stop the listener
             self._drop("internal_error", exporter, "decoder error")
             log.exception("NetFlow decoder error on a datagram from %s", exporter)
+        self._batch = None
+        if batch is not None:
+            if out:
+                batch.add_flows(exporter, out)
+            return []
         metrics.flows += len(out)
         return out
+
+    def new_batch(self) -> ColumnBatch:
+        """A batch for ``feed``; its ``tables()`` adds the flows it makes to these metrics (under ``lock``)."""
+        return ColumnBatch(self.metrics, self.lock)
 
     def expire(self, now_us: int) -> list[Flow]:
         """Drop data held longer than hold_seconds for a template that never came (counted no_template)."""
@@ -153,15 +176,22 @@ class NetflowDecoder:
     # ------------------------------------------------------------ versions
 
     def _feed_v5(self, data: bytes, exporter: str, received_us: int, out: list[Flow]) -> None:
-        header, records = v5.parse(data)
+        if self._batch is not None:
+            header, body = v5.parse_header(data)
+        else:
+            header, records = v5.parse(data)
         ctx = _Context(
             header.version, exporter, header.domain, header.export_us, header.sys_uptime, received_us
         )
         if header.version == 5:
             ctx.header_sampling = header.sampling
             self._check_sequence(ctx, header.flow_sequence, header.flow_sequence + header.count)
-        self.metrics.records += len(records)
-        self._emit(ctx, records, False, out)
+        self.metrics.records += header.count
+        if self._batch is not None:
+            template = v5.TEMPLATE_V5 if header.version == 5 else v5.TEMPLATE_V1
+            self._queue(ctx, template, body, header.count)
+        else:
+            self._emit(ctx, records, False, out)
 
     def _feed_v9(self, data: bytes, exporter: str, received_us: int, out: list[Flow]) -> None:
         header = v9.parse_header(data)
@@ -233,6 +263,12 @@ class NetflowDecoder:
         if template is None:
             self._hold(key, ctx, body)
             return None
+        if template.columnar and self._batch is not None:
+            count = len(body) // template.record_len
+            self.metrics.records += count
+            if count:
+                self._queue(ctx, template, body[: count * template.record_len], count)
+            return count
         records = template.decode(body)
         self.metrics.records += len(records)
         if template.options or not template.has_addresses:
@@ -243,28 +279,46 @@ class NetflowDecoder:
         self._emit(ctx, records, template.has_sampling, out)
         return len(records)
 
-    def _emit(self, ctx: _Context, records: list[dict[str, Any]], own_rates: bool, out: list[Flow]) -> None:
+    def _rates(self, ctx: _Context) -> tuple[dict[int, int] | None, int | None, int]:
+        """The domain's sampler rates, its exporter's init time and the default rate, now."""
         domain_key = (ctx.exporter, ctx.domain)
         samplers = self._samplers.get(domain_key)
-        init_ms = self._init_ms.get(domain_key)
-        probe_id = ctx.probe_id
         default_rate = ctx.header_sampling
         if samplers:
             default_rate = samplers.get(0) or (
                 next(iter(samplers.values())) if len(samplers) == 1 else default_rate
             )
-        append = out.append
-        for rec in records:
-            rate = record_sampling(rec) if own_rates else None
-            if rate is None:
-                rate = default_rate
-                if samplers:
-                    sampler_id = record_sampler_id(rec)
-                    if sampler_id in samplers:
-                        rate = samplers[sampler_id]
-            flow = record_to_flow(rec, probe_id, ctx.export_us, ctx.uptime_ms, init_ms, rate)
-            if flow is not None:
-                append(flow)
+        return samplers, self._init_ms.get(domain_key), default_rate
+
+    def _emit(self, ctx: _Context, records: list[dict[str, Any]], own_rates: bool, out: list[Flow]) -> None:
+        samplers, init_ms, default_rate = self._rates(ctx)
+        emit_records(
+            records,
+            ctx.probe_id,
+            ctx.export_us,
+            ctx.uptime_ms,
+            init_ms,
+            default_rate,
+            samplers,
+            own_rates,
+            out,
+        )
+
+    def _queue(self, ctx: _Context, template: Template, body: memoryview, count: int) -> None:
+        samplers, init_ms, default_rate = self._rates(ctx)
+        self._batch.add(  # type: ignore[union-attr]
+            template,
+            ctx.exporter,
+            ctx.probe_id,
+            ctx.version,
+            body,
+            count,
+            ctx.export_us,
+            ctx.uptime_ms,
+            init_ms,
+            default_rate,
+            samplers,
+        )
 
     def _options_record(self, ctx: _Context, rec: dict[str, Any]) -> None:
         domain_key = (ctx.exporter, ctx.domain)
@@ -272,7 +326,10 @@ class NetflowDecoder:
         if rate is not None:
             if len(self._samplers) >= _STATE_LIMIT and domain_key not in self._samplers:
                 self._samplers.clear()
-            self._samplers.setdefault(domain_key, {})[record_sampler_id(rec)] = rate
+            # a new dict, never changed in place: queued data sets keep the rates of their moment
+            samplers = dict(self._samplers.get(domain_key) or {})
+            samplers[record_sampler_id(rec)] = rate
+            self._samplers[domain_key] = samplers
         init_ms = rec.get("systemInitTimeMilliseconds")
         if init_ms is not None:
             if len(self._init_ms) >= _STATE_LIMIT:

@@ -366,3 +366,30 @@ def record_to_flow(
         initiator,
         sampling,
     )
+
+
+def emit_records(
+    records: list[dict[str, Any]],
+    probe_id: str,
+    export_us: int,
+    uptime_ms: int | None,
+    init_ms: int | None,
+    default_rate: int,
+    samplers: dict[int, int] | None,
+    own_rates: bool,
+    out: list[Flow],
+) -> None:
+    """Records of one data set → flows appended to ``out``: a record's own sampling rate wins, then
+    its sampler id's rate (``samplers``), then ``default_rate``."""
+    append = out.append
+    for rec in records:
+        rate = record_sampling(rec) if own_rates else None
+        if rate is None:
+            rate = default_rate
+            if samplers:
+                sampler_id = record_sampler_id(rec)
+                if sampler_id in samplers:
+                    rate = samplers[sampler_id]
+        flow = record_to_flow(rec, probe_id, export_us, uptime_ms, init_ms, rate)
+        if flow is not None:
+            append(flow)

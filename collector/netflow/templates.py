@@ -50,7 +50,9 @@ class Template:
     walk: tuple[tuple[str | None, str, int], ...] = ()  # (name, kind, length) for variable templates
     has_addresses: bool = False
     has_sampling: bool = False
+    columnar: bool = False  # a fixed-length flow template: collector.netflow.columnar decodes its sets
     signature: tuple[Any, ...] = field(default=())
+    plan: Any = None  # columnar.Plan, made on first use
 
     @classmethod
     def compile(cls, template_id: int, fields: tuple[FieldSpec, ...], options: bool = False) -> Template:
@@ -105,6 +107,7 @@ class Template:
             & {"samplingInterval", "samplerRandomInterval", "samplingPacketInterval", "samplingPopulation"}
             or "samplingProbability" in present
         )
+        tmpl.columnar = not tmpl.variable and not options and tmpl.has_addresses and tmpl.record_len > 0
         return tmpl
 
     def decode(self, body: bytes | memoryview) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .templates import DecodeError
+from .templates import DecodeError, FieldSpec, Template
 
 HEADER = struct.Struct(">HHIIIIBBH")  # 24 bytes
 RECORD = struct.Struct(">4s4s4sHHIIIIHHxBBBHHBBxx")  # 48 bytes
@@ -42,8 +42,32 @@ class Header:
         return max(1, self.sampling_interval & 0x3FFF)
 
 
-def parse(data: bytes) -> tuple[Header, list[dict[str, Any]]]:
-    """A v5 or v1 packet → header and records (dicts keyed by IPFIX element names)."""
+_PAD = 210  # IPFIX paddingOctets: skipped
+# The fixed records as templates, for the columnar path (same elements as parse() reads).
+TEMPLATE_V5 = Template.compile(
+    0,
+    tuple(
+        FieldSpec(element, length)
+        for element, length in (
+            (8, 4), (12, 4), (15, 4), (10, 2), (14, 2), (2, 4), (1, 4), (22, 4), (21, 4), (7, 2), (11, 2),
+            (_PAD, 1), (6, 1), (4, 1), (5, 1), (16, 2), (17, 2), (9, 1), (13, 1), (_PAD, 2),
+        )
+    ),
+)  # fmt: skip
+TEMPLATE_V1 = Template.compile(
+    0,
+    tuple(
+        FieldSpec(element, length)
+        for element, length in (
+            (8, 4), (12, 4), (15, 4), (10, 2), (14, 2), (2, 4), (1, 4), (22, 4), (21, 4), (7, 2), (11, 2),
+            (_PAD, 2), (4, 1), (5, 1), (6, 1), (_PAD, 7),
+        )
+    ),
+)  # fmt: skip
+
+
+def parse_header(data: bytes) -> tuple[Header, memoryview]:
+    """A v5 or v1 packet → header and the bytes of its records (header.count of them, 48 bytes each)."""
     version = int.from_bytes(data[:2], "big")
     header_struct, record_struct, limit = (
         (HEADER, RECORD, MAX_RECORDS) if version == 5 else (HEADER_V1, RECORD_V1, MAX_RECORDS_V1)
@@ -60,8 +84,14 @@ def parse(data: bytes) -> tuple[Header, list[dict[str, Any]]]:
             f"NetFlow v{version} header says {header.count} records, the packet of {len(data)} bytes holds"
             f" {(len(data) - header_struct.size) // record_struct.size}",
         )
-    body = memoryview(data)[header_struct.size : need]
-    if version == 5:
+    return header, memoryview(data)[header_struct.size : need]
+
+
+def parse(data: bytes) -> tuple[Header, list[dict[str, Any]]]:
+    """A v5 or v1 packet → header and records (dicts keyed by IPFIX element names)."""
+    header, body = parse_header(data)
+    record_struct = RECORD if header.version == 5 else RECORD_V1
+    if header.version == 5:
         records = [
             {
                 "sourceIPv4Address": r[0],
