@@ -10,13 +10,12 @@ import html
 from dataclasses import replace
 
 import streamlit as st
-from streamlit_bokeh import streamlit_bokeh
 
 from hostflow.ui import common, tables
 from hostflow.ui.common import Context, PageError, query
 from hostflow.ui.explain import counts_line, explain_empty
 from hostflow.ui.fmt import md_text
-from hostflow.ui.sankey import OTHER, PALETTE, build_graph, figure
+from hostflow.ui.sankey import OTHER, PALETTE, build_graph
 from hostflow.ui.state import View
 
 
@@ -48,11 +47,13 @@ def draw_sankey(ctx: Context, view: View) -> None:
     st.markdown(f"#### {md_text(ctx.host_label)}")
     st.caption(f"{md_text(window)} · peers by {view.aggregate} · {view.measure}")
     filters = ctx.state.filters
-    counts_frame = query("host_counts", **ctx.host_params(), aggregate=view.aggregate)
+    counts_frame, peers = common.queries(
+        ("host_counts", {**ctx.host_params(), "aggregate": view.aggregate}),
+        ("host_peers", {**ctx.host_params(), **view.params()}),
+    )
     counts = counts_frame.iloc[0].to_dict() if not counts_frame.empty else {}
     if filters.empty_family() or not counts or int(counts.get("flows_total", 0)) == 0:
         raise PageError(explain_empty(counts, filters, view, ctx.host_label, window), kind="info")
-    peers = query("host_peers", **ctx.host_params(), **view.params())
     folded = bool((peers["peer"] == OTHER).any()) if not peers.empty else False
     drawn = int((peers["peer"] != OTHER).sum()) if not peers.empty else 0
     st.markdown(f"**{counts_line(counts, view, drawn, folded)}**")
@@ -60,7 +61,7 @@ def draw_sankey(ctx: Context, view: View) -> None:
     if graph.empty:
         relaxed = relaxed_counts(ctx, view) if int(counts.get("flows_filtered", 0)) == 0 else {}
         raise PageError(explain_empty(counts, filters, view, ctx.host_label, window, relaxed), kind="info")
-    streamlit_bokeh(figure(graph, view.measure), use_container_width=True, theme="streamlit", key="sankey")
+    common.show_figure(graph, view.measure, key="sankey")
     legend([c for c in PALETTE if c in set(graph.nodes["category"])])
     table = tables.peers_table(peers, ctx.tz)
     st.dataframe(table, hide_index=True, width="stretch", key="peers_table")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -41,8 +42,37 @@ def no_raw_html(at: AppTest) -> None:
         assert "<img" not in element.value, element.value
 
 
+def expected_all_hosts(protocols: set[int] | None = None) -> tuple[set[str], int]:
+    """The hosts list (intranet unicast senders of the hour) and how many of the hour's flows touch
+    one of them: the all-hosts list must hold each of those flows exactly once."""
+    scenario, start, end = lab.build(), lab.HOUR, lab.HOUR + 3600 * lab.S
+    hour = [f for f in scenario.flows if start <= f.flow_start < end]
+    hosts = {f.src_addr for f in hour if lab.classify(f.src_addr) == ("unicast", "intranet") and f.bytes}
+    touching = [f for f in hour if (f.src_addr in hosts or f.dst_addr in hosts)]
+    return hosts, sum(1 for f in touching if not protocols or f.protocol in protocols)
+
+
+def host_addrs(labels: pd.Series) -> set[str]:
+    return {label.rsplit("(", 1)[-1].rstrip(")") for label in labels}
+
+
+def test_flows_of_all_hosts_by_default(app: AppTest) -> None:
+    at = page(app, "hostflow/ui/pages/flows.py")
+    assert at.radio(key="f_hosts").value == "all hosts"
+    table = at.dataframe[0].value
+    hosts, flows = expected_all_hosts()
+    assert len(hosts) >= 3  # the lab hour has several talking hosts, so this is more than one host's list
+    assert host_addrs(table["host"]) == hosts
+    assert table["count"].sum() == flows
+    assert table["bytes"].tolist() == sorted(table["bytes"], reverse=True)
+    assert plain(at.markdown[1].value).endswith(f"· {flows} flows of {len(hosts)} hosts")
+    no_raw_html(at)
+
+
 def test_flows_list_filter_sort_and_exports(app: AppTest) -> None:
     at = page(app, "hostflow/ui/pages/flows.py")
+    at.radio(key="f_hosts").set_value("this host")
+    run(at)
     table = at.dataframe[0].value
     assert list(table.columns) == ["host", "peer", "name", "service", "protocol", "count", "bytes", "volume",
                                    "last seen"]  # fmt: skip
@@ -77,6 +107,11 @@ def test_flows_follow_the_sidebar_filters(app: AppTest) -> None:
     next(w for w in at.sidebar.multiselect if w.label == "Protocol").set_value(["udp"])
     run(at)
     at.switch_page("hostflow/ui/pages/flows.py")
+    run(at)
+    table = at.dataframe[0].value
+    assert set(table["protocol"]) == {"UDP"}
+    assert table["count"].sum() == expected_all_hosts(protocols={17})[1]
+    at.radio(key="f_hosts").set_value("this host")
     run(at)
     table = at.dataframe[0].value
     assert set(table["protocol"]) == {"UDP"}

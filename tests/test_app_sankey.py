@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -345,3 +346,58 @@ def test_intranet_setting_changes_scope(app: AppTest, monkeypatch: pytest.Monkey
     multiselect(at, "Scope").set_value(["intranet"])
     run(at)
     assert "nas.local" in labels(at)
+
+
+def test_a_view_seen_before_reuses_its_figure(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+
+    from hostflow.ui import sankey
+
+    builds: list[str] = []
+    real_figure = sankey.figure
+
+    def counted(graph: sankey.Graph, measure: str, title: str = "") -> object:
+        builds.append(measure)
+        return real_figure(graph, measure, title)
+
+    monkeypatch.setattr(sankey, "figure", counted)
+    st.cache_data.clear()
+    at = run(app)
+    first = labels(at)
+    radio(at, "Measure").set_value("packets")
+    run(at)
+    assert labels(at) != first
+    radio(at, "Measure").set_value("bytes")
+    run(at)
+    assert labels(at) == first
+    assert builds == ["bytes", "packets"]  # going back to bytes drew the cached figure
+
+
+def test_fewer_layout_iterations_keep_the_picture() -> None:
+    """The Sankey lays out with LAYOUT_ITERATIONS instead of HoloViews' 32: every node is still drawn,
+    each side stays in its column, and no node overlaps another in its column."""
+    import holoviews as hv
+    from holoviews.element.sankey import _layout_sankey
+
+    from hostflow.ui import sankey
+    from tests.test_ui_logic import peers_frame
+
+    sankey._holoviews()
+    graph = sankey.build_graph(peers_frame(), "alice", "bytes", ZoneInfo("UTC"))
+    element = hv.Sankey((graph.edges, hv.Dataset(graph.nodes, "index", ["label", "category"])),
+                        kdims=["source", "target"], vdims=["value"])  # fmt: skip
+    columns: dict[str, set[float]] = {}
+    for iterations in (32, sankey.LAYOUT_ITERATIONS):
+        _, _, layout = _layout_sankey.instance(iterations=iterations, node_padding=16, node_width=14).layout(
+            element
+        )
+        assert {node["index"] for node in layout["nodes"]} == set(graph.nodes["index"])
+        by_column: dict[float, list[tuple[float, float]]] = {}
+        for node in layout["nodes"]:
+            by_column.setdefault(node["x0"], []).append((node["y0"], node["y1"]))
+            columns.setdefault(node["index"], set()).add(node["x0"])
+        for spans in by_column.values():
+            spans.sort()
+            assert all(low[1] <= high[0] for low, high in zip(spans, spans[1:], strict=False)), spans
+    assert all(len(xs) == 1 for xs in columns.values())
+    assert sankey.LAYOUT_ITERATIONS < 32

@@ -58,6 +58,51 @@ def query(query_name: str, /, **params: Any) -> pd.DataFrame:
         ) from None
 
 
+def queries(*calls: tuple[str, dict[str, Any]]) -> list[pd.DataFrame]:
+    """Several named queries at once: the collector answers them in parallel, so a redraw waits
+    for the slowest one instead of their sum."""
+    if len(calls) < 2:
+        return [query(name, **params) for name, params in calls]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+    script_ctx = get_script_run_ctx()
+    with ThreadPoolExecutor(
+        max_workers=len(calls), initializer=lambda: add_script_run_ctx(ctx=script_ctx)
+    ) as pool:
+        futures = [pool.submit(query, name, **params) for name, params in calls]
+        return [future.result() for future in futures]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def figure_json(nodes: pd.DataFrame, edges: pd.DataFrame, measure: str) -> str:
+    """The Sankey built once per distinct graph: going back to a view already seen costs nothing."""
+    from hostflow.ui.sankey import Graph
+    from hostflow.ui.sankey import figure_json as build
+
+    return build(Graph(nodes=nodes, edges=edges), measure)
+
+
+def show_figure(graph: Any, measure: str, key: str) -> None:
+    """Draw a Sankey through streamlit-bokeh from the cached serialised figure."""
+    import streamlit_bokeh as sb
+
+    data = {
+        "figure": figure_json(graph.nodes, graph.edges, measure),
+        "bokeh_theme": "streamlit",
+        "use_container_width": True,
+    }
+    if getattr(sb, "_IS_USING_CCV2", False) and getattr(sb, "_IS_USING_UPDATED_ISOLATE_STYLES_PARAM", False):
+        # streamlit_bokeh() only accepts a live Bokeh model and serialises it on every run; its
+        # component takes the same JSON, which we cache (streamlit-bokeh is pinned in requirements).
+        sb._component_func(key=key, data=data)
+        return
+    from hostflow.ui.sankey import figure
+
+    sb.streamlit_bokeh(figure(graph, measure), use_container_width=True, theme="streamlit", key=key)
+
+
 def guard(run: Any) -> None:
     """Run a page body; a PageError becomes one st.error / st.info line, never a traceback."""
     try:

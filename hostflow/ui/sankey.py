@@ -42,6 +42,10 @@ PALETTE = {
     OTHER_CATEGORY: "#c8c8c8",
 }
 LABEL_LIMIT = 40
+# HoloViews relaxes the node positions 32 times by default; with one host on the left (and a
+# handful of services) the order barely moves after a few passes, and each pass costs time on
+# every redraw.
+LAYOUT_ITERATIONS = 6
 
 EDGE_TOOLTIPS = [
     ("", "@tip_from → @tip_to"),
@@ -273,6 +277,7 @@ def figure(graph: Graph, measure: str, title: str = "") -> Any:
         edge_line_alpha=0,
         node_width=14,
         node_padding=16,
+        iterations=LAYOUT_ITERATIONS,
         height=height,
         responsive=False,
         width=1000,
@@ -289,6 +294,13 @@ def figure(graph: Graph, measure: str, title: str = "") -> Any:
     return plot
 
 
+def figure_json(graph: Graph, measure: str) -> str:
+    """The figure serialised as streamlit-bokeh sends it to the browser (``json_item``)."""
+    from bokeh.embed import json_item
+
+    return json.dumps(json_item(figure(graph, measure)))
+
+
 _HV: Any = None
 
 
@@ -297,8 +309,12 @@ def _holoviews() -> Any:
     global _HV
     if _HV is None:
         import holoviews as hv
+        from holoviews.element.sankey import _layout_sankey
 
         hv.extension("bokeh", logo=False)
+        # hv.Sankey lays itself out once when built (with these class defaults) and again, with the
+        # plot options, when rendered: the first layout is thrown away, so keep it cheap.
+        _layout_sankey.iterations = LAYOUT_ITERATIONS
         _HV = hv
     return _HV
 

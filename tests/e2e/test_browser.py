@@ -236,6 +236,8 @@ def test_sankey_in_chromium(app_url: str, browser, tmp_path: Path) -> None:
     page.keyboard.type("unicast")
     page.keyboard.press("Enter")
     page.keyboard.press("Escape")
+    # the filtered-out page also shows a counts line: wait for the rerun's, not the stale one
+    page.get_by_text(f"→ {both[2]} flows / {both[3]} endpoints after filters").first.wait_for(timeout=30_000)
     line = counts_line(page, None)
     assert f"→ {both[2]} flows / {both[3]} endpoints after filters" in line
 
