@@ -1,8 +1,11 @@
 """Collector throughput and query latency, ours beside a bare-DuckDB reference, in one run.
 
-    .venv/bin/python bench/bench_collector.py [--rows 100000000] [--batch-rows 50000] [--batches 10]
+    .venv/bin/python bench/bench_collector.py [--rows 100000000] [--db big.duckdb] [--batch-rows 5000,100000]
 
-1. Probe batches through the real daemon's HTTP API (JSON, validated, one transaction each): rows/s.
+(--db keeps the generated table: 100M rows take ~11 minutes to generate on a busy 2-core machine.)
+
+1. Probe batches through the real daemon's HTTP API (JSON, validated, one transaction each): rows/s,
+   for 5,000- and 100,000-row batches.
    Reference: the same rows inserted into DuckDB from Arrow with no validation or bookkeeping.
 2. Store.ingest_columns (Arrow, atomic, idempotent): rows/s, goal ≥ 1,000,000. Same reference.
 3. host_peers for one host-hour on a generated --rows table (DuckDB SQL generates it: 1000 hosts,
@@ -97,7 +100,7 @@ def bench_http(work: Path, batch_rows: int, batches: int) -> tuple[float, float]
     tables = [arrow_flows(batch_rows, T0 + k * batch_rows * 1000) for k in range(batches)]
     bodies = [batch_body(t, f"bench:{k}") for k, t in enumerate(tables)]
     port = free_port()
-    db = work / "http.duckdb"
+    db = work / f"http{batch_rows}.duckdb"
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "serve", "--db", str(db), "--http-port", str(port), "--netflow-port", "0",
          "--ipfix-port", "0", "--token", "bench-token=bench", "--max-body", str(1 << 30), "--log-level", "warning"],
@@ -117,7 +120,8 @@ def bench_http(work: Path, batch_rows: int, batches: int) -> tuple[float, float]
                 headers={"Authorization": "Bearer bench-token", "Content-Type": "application/json"},
             )  # fmt: skip
             with urllib.request.urlopen(request, timeout=600) as answer:
-                assert json.loads(answer.read())["flows"] == batch_rows
+                reply = json.loads(answer.read())
+                assert reply["flows"] == batch_rows, reply
         ours = batch_rows * batches / (time.perf_counter() - started)
     finally:
         proc.terminate()
@@ -125,7 +129,7 @@ def bench_http(work: Path, batch_rows: int, batches: int) -> tuple[float, float]
     reference = (
         batch_rows
         * batches
-        / sum(reference_insert(str(work / f"ref{k}.duckdb"), t) for k, t in enumerate(tables))
+        / sum(reference_insert(str(work / f"ref{batch_rows}_{k}.duckdb"), t) for k, t in enumerate(tables))
     )
     return ours, reference
 
@@ -160,11 +164,17 @@ def generate(store: Store, rows: int) -> None:
     store.checkpoint()
 
 
-def bench_query(work: Path, rows: int, repeats: int) -> tuple[list[float], list[float]]:
-    store = Store(str(work / "big.duckdb"))
-    started = time.perf_counter()
-    generate(store, rows)
-    print(f"generated {rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+def bench_query(work: Path, rows: int, repeats: int, db: str | None) -> tuple[list[float], list[float]]:
+    store = Store(db or str(work / "big.duckdb"))
+    have = store.counts()["flows"]
+    if have and have != rows:
+        raise SystemExit(f"{db} holds {have:,} flows, not --rows {rows:,}: use another --db")
+    if have:
+        print(f"reusing {have:,} generated rows in {db}", flush=True)
+    else:
+        started = time.perf_counter()
+        generate(store, rows)
+        print(f"generated {rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
     rng = np.random.default_rng(1)
     ours, reference = [], []
     for _ in range(repeats):
@@ -189,23 +199,30 @@ def bench_query(work: Path, rows: int, repeats: int) -> tuple[list[float], list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000_000, help="rows of the generated query table")
-    parser.add_argument("--batch-rows", type=int, default=50_000)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument(
+        "--batch-rows",
+        default="5000,100000",
+        help="HTTP batch sizes (comma-separated), each sent --batch-total rows",
+    )
+    parser.add_argument("--batch-total", type=int, default=500_000)
     parser.add_argument("--column-rows", type=int, default=2_000_000)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--dir", help="work directory (default: a temporary one; needs ~10 GB for 100M rows)")
+    parser.add_argument("--db", help="keep the generated query table in this file and reuse it on later runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
-        ours, ref = bench_http(work, args.batch_rows, args.batches)
         print(f"{'measure':44} {'hostflow':>14} {'bare DuckDB':>14} {'ratio':>7}")
-        print(f"{'HTTP batch ingest, rows/s':44} {ours:14,.0f} {ref:14,.0f} {ours / ref:7.2f}", flush=True)
+        for batch_rows in (int(v) for v in args.batch_rows.split(",")):
+            ours, ref = bench_http(work, batch_rows, max(1, args.batch_total // batch_rows))
+            label = f"HTTP ingest, {batch_rows:,}-row batches, rows/s"
+            print(f"{label:44} {ours:14,.0f} {ref:14,.0f} {ours / ref:7.2f}", flush=True)
         ours, ref = bench_columns(work, args.column_rows)
         print(
             f"{'Store.ingest_columns, rows/s (goal 1M)':44} {ours:14,.0f} {ref:14,.0f} {ours / ref:7.2f}",
             flush=True,
         )
-        ours_ms, ref_ms = bench_query(work, args.rows, args.repeats)
+        ours_ms, ref_ms = bench_query(work, args.rows, args.repeats, args.db)
         for label, pick in (("median", statistics.median), ("p95", lambda v: float(np.percentile(v, 95)))):
             a, b = pick(ours_ms), pick(ref_ms)
             print(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -115,6 +117,14 @@ def _int_column(kind: str, field: str, sql_type: str, values: Sequence[Any], req
     return array.cast(ARROW_TYPES[sql_type])
 
 
+# Dotted-quad IPv4 already in canonical form (no leading zeros): most addresses; checked in one
+# vectorised pass so only the rest go through ipaddress.
+_CANONICAL_V4 = (
+    r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
+)
+
+
+@lru_cache(maxsize=65536)
 def _canonical_address(value: str) -> str | None:
     try:
         return str(ipaddress.ip_address(value))
@@ -137,14 +147,17 @@ def _string_column(kind: str, field: str, values: Sequence[Any], required: bool)
             raise _first_bad(kind, field, values, lambda v: "missing value" if v is None else None)
         array = pc.fill_null(array, "")
     if field in ADDRESS_FIELDS or field in ENUMS:
-        distinct = pc.unique(array).to_pylist()
         if field in ENUMS:
+            distinct = pc.unique(array).to_pylist()
             allowed = ENUMS[field]
             bad = {v for v in distinct if v not in allowed}
             if bad:
                 raise _first_bad(kind, field, values, lambda v: f"unknown value {v!r}" if v in bad else None)
         else:
             mapping = {}
+            unique = pc.unique(array)
+            plain = pc.match_substring_regex(unique, _CANONICAL_V4)
+            distinct = pc.filter(unique, pc.invert(plain)).to_pylist()
             for value in distinct:
                 if value == "" and field == "client_addr":
                     continue
@@ -159,7 +172,10 @@ def _string_column(kind: str, field: str, values: Sequence[Any], required: bool)
                 if canonical != value:
                     mapping[value] = canonical
             if mapping:
-                array = pa.array([mapping.get(v, v) for v in array.to_pylist()], pa.string())
+                old = pa.array(list(mapping), pa.string())
+                new = pa.array(list(mapping.values()), pa.string())
+                index = pc.index_in(array, old)
+                array = pc.if_else(pc.is_null(index), array, pc.take(new, index))
     return array
 
 
@@ -184,6 +200,20 @@ def _list_column(kind: str, field: str, values: Sequence[Any]) -> pa.Array:
     if array.null_count:
         array = pa.array([v if v is not None else [] for v in array.to_pylist()], pa.list_(pa.string()))
     return array
+
+
+def _transpose(rows: list[list[Any]], fields: list[str], width: int) -> dict[str, Sequence[Any]]:
+    """Rows → one sequence per field: a 2-D object array when every value is a scalar (numpy
+    transposes in C, and pyarrow converts its columns faster than lists), else lists."""
+    grid = None
+    try:
+        grid = np.array(rows, dtype=object)
+    except ValueError:  # a list value (cname_chain) makes the rows ragged
+        pass
+    if grid is not None and grid.shape == (len(rows), width):
+        return {name: grid[:, i] for i, name in enumerate(fields)}
+    # lists, not zip(*rows) tuples: faster here, and pyarrow imports pandas to inspect tuples
+    return {name: list(map(itemgetter(i), rows)) for i, name in enumerate(fields)}
 
 
 def table_from_rows(
@@ -214,8 +244,7 @@ def table_from_rows(
             raise ContractError(f"{kind} row {index}: expected a list of {width} values")
     if not rows:
         return schema.empty_table()
-    # lists, not zip(*rows) tuples: faster here, and pyarrow imports pandas to inspect tuples
-    columns = {name: list(map(itemgetter(i), rows)) for i, name in enumerate(fields)}
+    columns = _transpose(rows, fields, width)
     arrays = []
     for field, sql_type in types.items():
         values = columns[field]

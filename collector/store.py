@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from collector.columns import conform, table_from_flows, table_from_names
 from hostflow.records import FLOW_FIELDS, FLOW_TYPES, NAME_FIELDS, NAME_TYPES, Flow, Name
@@ -142,6 +143,15 @@ def _reconcile_columns(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type} DEFAULT {default}")
 
 
+def _time_sorted(table: pa.Table, column: str) -> pa.Table:
+    """The table ordered by ``column`` (stable). Sorting in Arrow, and only when the batch is out of
+    order, costs a fraction of an ORDER BY inside the INSERT, which halved DuckDB's insert rate."""
+    times = table.column(column)
+    if table.num_rows < 2 or pc.all(pc.less_equal(times[:-1], times[1:])).as_py():
+        return table
+    return table.take(pc.sort_indices(times))
+
+
 def _us(value: Any) -> int | None:
     """Timestamp column value (datetime or None) → µs."""
     if value is None:
@@ -205,8 +215,12 @@ class Store:
         Flows are written sorted by flow_start so DuckDB's per-row-group min/max (zone maps) skip
         everything outside a queried time window; no index is needed.
         """
-        flows = conform(flows, "flow") if flows is not None and flows.num_rows else None
-        names = conform(names, "name") if names is not None and names.num_rows else None
+        flows = (
+            _time_sorted(conform(flows, "flow"), "flow_start")
+            if flows is not None and flows.num_rows
+            else None
+        )
+        names = _time_sorted(conform(names, "name"), "ts") if names is not None and names.num_rows else None
         n_flows = flows.num_rows if flows is not None else 0
         n_names = names.num_rows if names is not None else 0
         if probe_id is None:
@@ -226,14 +240,12 @@ class Store:
                 if flows is not None:
                     con.register("_incoming_flows", flows)
                     cols = ", ".join(FLOW_FIELDS)
-                    con.execute(
-                        f"INSERT INTO flows ({cols}) SELECT {cols} FROM _incoming_flows ORDER BY flow_start"
-                    )
+                    con.execute(f"INSERT INTO flows ({cols}) SELECT {cols} FROM _incoming_flows")
                     con.unregister("_incoming_flows")
                 if names is not None:
                     con.register("_incoming_names", names)
                     cols = ", ".join(NAME_FIELDS)
-                    con.execute(f"INSERT INTO names ({cols}) SELECT {cols} FROM _incoming_names ORDER BY ts")
+                    con.execute(f"INSERT INTO names ({cols}) SELECT {cols} FROM _incoming_names")
                     con.unregister("_incoming_names")
                 now = time.time_ns() // 1000
                 if batch_id is not None:
@@ -479,17 +491,15 @@ class Store:
             return self.sql(
                 "SELECT epoch_us(ts) AS ts, addr, name, source, client_addr, ttl, cname_chain FROM names LIMIT 0"
             )
-        cursor = self._con.cursor()
-        try:
-            cursor.register("_wanted", pa.table({"addr": pa.array(sorted(set(addrs)), pa.string())}))
-            return cursor.sql(
-                "SELECT epoch_us(ts) AS ts, addr, name, source, client_addr, ttl, cname_chain FROM names"
-                " WHERE ts >= make_timestamp(?) AND ts < make_timestamp(?) AND addr IN (SELECT addr FROM _wanted)"
-                " ORDER BY addr, ts",
-                params=[start, end],
-            ).to_arrow_table()
-        finally:
-            cursor.close()
+        wanted = sorted(set(addrs))
+        # a bound list, not a registered Arrow table (no replacement scan to plan): a linear
+        # list_contains is fastest for the usual few dozen peers, a hash semi-join for thousands
+        match = "list_contains(?, addr)" if len(wanted) <= 256 else "addr IN (SELECT unnest(?))"
+        return self.sql(
+            "SELECT epoch_us(ts) AS ts, addr, name, source, client_addr, ttl, cname_chain FROM names"
+            f" WHERE ts >= make_timestamp(?) AND ts < make_timestamp(?) AND {match} ORDER BY addr, ts",
+            [start, end, wanted],
+        )
 
     def names_search(
         self, start: int, end: int, client: str | None, addr: str | None, text: str | None, limit: int
