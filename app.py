@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from hostflow.ui import common, tables
+from hostflow.ui import access, common, tables
 from hostflow.ui.common import Context, PageError, query
 from hostflow.ui.explain import counts_line, explain_empty
 from hostflow.ui.fmt import md_text
@@ -84,6 +84,8 @@ def sankey_page() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="hostflow", page_icon=":material/account_tree:", layout="wide")
+    if not access.authorised():
+        return
     navigation = st.navigation(
         [
             st.Page(sankey_page, title="Host Sankey", icon=":material/account_tree:", default=True),
