@@ -63,9 +63,9 @@ import pyarrow as pa
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
 
-from collector.columns import conform, table_from_flows, table_from_names
-from collector.store import HEALTH_COLUMNS, IngestResult
-from hostflow.records import FLOW_FIELDS, FLOW_TYPES, NAME_FIELDS, NAME_TYPES, Flow, Name, to_us
+from collector.columns import conform
+from collector.store import HEALTH_COLUMNS, IngestResult, RecordIngest
+from hostflow.records import FLOW_FIELDS, FLOW_TYPES, NAME_FIELDS, NAME_TYPES, to_us
 
 log = logging.getLogger("collector.clickhouse")
 
@@ -252,7 +252,7 @@ def _split_host(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class ClickHouseStore:
+class ClickHouseStore(RecordIngest):
     """ClickHouse implementation of the storage interface; safe to share between threads."""
 
     def __init__(
@@ -369,19 +369,6 @@ class ClickHouseStore:
                 log.info("event=column_added table=%s column=%s type=%s", kind, name, ch_type)
 
     # ------------------------------------------------------------ writes
-
-    def ingest(
-        self,
-        batch_id: str | None,
-        source: str,
-        flows: Sequence[Flow],
-        names: Sequence[Name],
-        health: dict[str, Any] | None = None,
-        probe_id: str | None = None,
-    ) -> IngestResult:
-        flow_table = table_from_flows(flows, probe_id)
-        name_table = table_from_names(names, probe_id)
-        return self.ingest_columns(batch_id, source, flow_table, name_table, health, probe_id=probe_id)
 
     def ingest_columns(
         self,

@@ -161,7 +161,25 @@ def _us(value: Any) -> int | None:
     return to_us(value)
 
 
-class Store:
+class RecordIngest:
+    """What every backend shares above its own ``ingest_columns``: records → Arrow → one batch."""
+
+    def ingest(
+        self,
+        batch_id: str | None,
+        source: str,
+        flows: Sequence[Flow],
+        names: Sequence[Name],
+        health: dict[str, Any] | None = None,
+        probe_id: str | None = None,
+    ) -> IngestResult:
+        """Store records as one batch; a batch_id already stored → duplicate, nothing written."""
+        flow_table = table_from_flows(flows, probe_id)
+        name_table = table_from_names(names, probe_id)
+        return self.ingest_columns(batch_id, source, flow_table, name_table, health, probe_id=probe_id)
+
+
+class Store(RecordIngest):
     """DuckDB implementation of the storage interface (see collector/backend.py)."""
 
     def __init__(self, path: str, *, retention_days: float | None = None, read_only: bool = False) -> None:
@@ -185,20 +203,6 @@ class Store:
             _reconcile_columns(self._con)
 
     # ------------------------------------------------------------ writes
-
-    def ingest(
-        self,
-        batch_id: str | None,
-        source: str,
-        flows: Sequence[Flow],
-        names: Sequence[Name],
-        health: dict[str, Any] | None = None,
-        probe_id: str | None = None,
-    ) -> IngestResult:
-        """Store records as one transaction; a batch_id already stored → duplicate, nothing written."""
-        flow_table = table_from_flows(flows, probe_id)
-        name_table = table_from_names(names, probe_id)
-        return self.ingest_columns(batch_id, source, flow_table, name_table, health, probe_id=probe_id)
 
     def ingest_columns(
         self,
