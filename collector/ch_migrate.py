@@ -66,8 +66,10 @@ def copy_hour(duck: Store, house: ClickHouseStore, kind: str, hour: int, prefix:
         f" AND {time_col} < make_timestamp(?) ORDER BY {order}",
         [hour, hour + HOUR_US],
     )
-    for number, offset in enumerate(range(0, table.num_rows, chunk_rows)):
-        house.insert_rows(kind, table.slice(offset, chunk_rows), f"{prefix}{hour}:{number}")
+    # one identity per row, (hour, position in the hour), whatever the chunk size: a rerun after a
+    # kill mid-hour (even with another --chunk-rows) writes the same identities, which collapse
+    for offset in range(0, table.num_rows, chunk_rows):
+        house.insert_rows(kind, table.slice(offset, chunk_rows), f"{prefix}{hour}", first_row=offset)
     return table.num_rows
 
 

@@ -148,3 +148,25 @@ def test_bad_arguments_are_one_line(tmp_path: Path) -> None:
     assert bad_url.returncode == 2 and "clickhouse://" in bad_url.stderr
     down = run(migrate_command(tmp_path / "a.duckdb", "clickhouse://127.0.0.1:1/x"))
     assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+
+
+def test_an_hour_copied_again_with_another_chunk_size_collapses(
+    history_file: Path, clickhouse_cluster
+) -> None:
+    """A kill mid-hour leaves part of that hour in the cluster; the rerun copies the whole hour again,
+    perhaps with another --chunk-rows. Row identities must not depend on the chunks, or rows double."""
+    from collector.ch_migrate import copy_hour
+    from tests.test_clickhouse import new_database
+
+    house = new_database(clickhouse_cluster)
+    try:
+        with Store(str(history_file), read_only=True) as duck:
+            want = duck_hour_totals(duck, "flows")
+            hour = min(want)
+            prefix = "migrate:test:flows:"
+            copy_hour(duck, house, "flows", hour, prefix, chunk_rows=300)
+            copy_hour(duck, house, "flows", hour, prefix, chunk_rows=1_000)  # the rerun, other chunks
+            copy_hour(duck, house, "flows", hour, prefix, chunk_rows=7)
+        assert house_hour_totals(house, "flows", prefix) == {hour: want[hour]}
+    finally:
+        drop(clickhouse_cluster, house.settings.database)
