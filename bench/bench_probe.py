@@ -5,7 +5,8 @@
 1. Writes a seeded pcap of mixed traffic (TCP/UDP/ICMP, IPv4/IPv6, some VLAN tags, frame sizes
    60…1514, ~20k concurrent conversations) with struct, into a temp dir.
 2. Times ``meter_files`` on it (one core) and ``softflowd -r`` on the same file (exporting
-   IPFIX to a local UDP socket nobody reads), prints packets/s of both and the ratio.
+   IPFIX to a local UDP socket nobody reads), prints packets/s of both and the ratio; then the
+   same for the same packets rewritten as pcapng (``--no-pcapng`` skips it).
 3. Peak RSS of a process whose flow table holds ``--flows`` conversations (both directions),
    then ``--flows`` one-way flows.
 4. With ``--live`` (root, tcpreplay): bench/bench_probe_live.py, the highest loss-free rate of
@@ -148,6 +149,29 @@ def write_pcap(path: Path, packets: int, seed: int = 7, *, concurrent: int = 20_
     return next_conv
 
 
+def pcap_to_pcapng(pcap: Path, out: Path, *, nanoseconds: bool = False) -> None:
+    """Rewrite a little-endian µs pcap as pcapng (SHB, one IDB, EPBs), optionally with ns timestamps."""
+    with open(pcap, "rb") as source, open(out, "wb") as sink:
+        linktype = struct.unpack_from("<I", source.read(24), 20)[0] & 0xFFFF
+        options = struct.pack("<HHB3x", 9, 1, 9) + bytes(4) if nanoseconds else b""
+        sink.write(struct.pack("<IIIHHqI", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1, 28))
+        sink.write(struct.pack("<IIHHI", 1, 20 + len(options), linktype, 0, 0) + options
+                   + struct.pack("<I", 20 + len(options)))  # fmt: skip
+        blocks = []
+        while header := source.read(16):
+            sec, usec, caplen, wirelen = struct.unpack("<IIII", header)
+            frame = source.read(caplen)
+            ts = (sec * 1_000_000 + usec) * (1000 if nanoseconds else 1)
+            padded = frame + bytes(-caplen % 4)
+            length = 32 + len(padded)
+            blocks.append(struct.pack("<IIIIIII", 6, length, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, wirelen)
+                          + padded + struct.pack("<I", length))  # fmt: skip
+            if len(blocks) >= 10_000:
+                sink.write(b"".join(blocks))
+                blocks = []
+        sink.write(b"".join(blocks))
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -172,7 +196,7 @@ def _softflowd(path: Path) -> tuple[float, float]:
         return _children_cpu() - children, time.perf_counter() - start
 
 
-def bench_files(path: Path, per_packet: bool) -> None:
+def bench_files(path: Path, per_packet: bool, pcapng: Path | None = None) -> None:
     runs = [("probe, names off", {"names": False}), ("probe, names on", {})]
     if per_packet:
         runs.append(("probe per-packet path, names off", {"names": False, "vectorised": False}))
@@ -184,6 +208,9 @@ def bench_files(path: Path, per_packet: bool) -> None:
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     theirs2, theirs_wall2 = _softflowd(path)  # before and after ours: the machine's load drifts
     theirs, theirs_wall = (theirs + theirs2) / 2, (theirs_wall + theirs_wall2) / 2
+    if pcapng is not None:
+        ng_theirs, ng_wall = _softflowd(pcapng)
+        ng_ours = _meter(pcapng)
     packets = results[0][3].packets
     print(f"file metering, {packets:,} packets ({path.stat().st_size / 1e6:.0f} MB), packets per CPU second")
     print("  (CPU time, not wall time, so other work on this machine counts against neither side;")
@@ -195,6 +222,13 @@ def bench_files(path: Path, per_packet: bool) -> None:
         print(f"  {label:<34} {packets / cpu:>10,.0f} packets/s  (CPU {cpu:.1f} s, wall {wall:.1f} s, "
               f"{stats.flows_exported:,} flows, {stats.names:,} names)  ratio ours/softflowd {theirs / cpu:.2f}")  # fmt: skip
     print(f"  peak RSS of the vectorised runs (bench process, pcap generation included): {peak_mb:.0f} MB")
+    if pcapng is not None:
+        cpu, wall, stats = ng_ours
+        print(f"the same packets as pcapng ({pcapng.stat().st_size / 1e6:.0f} MB):")
+        print(f"  {'softflowd -r':<34} {packets / ng_theirs:>10,.0f} packets/s  (CPU {ng_theirs:.1f} s, "
+              f"wall {ng_wall:.1f} s)")  # fmt: skip
+        print(f"  {'probe, names on':<34} {packets / cpu:>10,.0f} packets/s  (CPU {cpu:.1f} s, wall {wall:.1f} s, "
+              f"{stats.flows_exported:,} flows)  ratio ours/softflowd {ng_theirs / cpu:.2f}")  # fmt: skip
 
 
 def bench_memory(flows: int) -> None:
@@ -232,6 +266,7 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=200_000)
     parser.add_argument("--per-packet", action="store_true", help="also time the per-packet path (slow)")
     parser.add_argument("--skip-files", action="store_true")
+    parser.add_argument("--no-pcapng", action="store_true", help="skip the same packets as pcapng")
     parser.add_argument("--live", action="store_true", help="also measure live capture on a veth (root)")
     args = parser.parse_args()
     if not args.skip_files:
@@ -240,7 +275,11 @@ def main() -> None:
             start = time.perf_counter()
             write_pcap(path, args.packets)
             print(f"generated {path.name}: {args.packets:,}+ packets in {time.perf_counter() - start:.1f} s")
-            bench_files(path, args.per_packet)
+            pcapng = None
+            if not args.no_pcapng:
+                pcapng = path.with_suffix(".pcapng")
+                pcap_to_pcapng(path, pcapng)
+            bench_files(path, args.per_packet, pcapng)
     bench_memory(args.flows)
     if args.live:
         from bench.bench_probe_live import bench_live

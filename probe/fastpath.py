@@ -1,4 +1,4 @@
-"""Vectorised metering of classic pcap files with numpy: the per-packet path's flows, faster.
+"""Vectorised metering with numpy (pcap and pcapng files, live ring blocks): the per-packet path's flows, faster.
 
 What numpy buys: the per-packet path costs several microseconds of interpreter time per packet
 (read a record, decode it, update the flow table): about 100,000 packets per CPU second here,
@@ -7,7 +7,9 @@ each step is done for the whole chunk at once, and the flow table is updated onc
 conversation per batch of 262,144 packets: about 3× the per-packet rate (bench/bench_probe.py;
 figures in docs/sizing-probe.md). Without numpy the probe still works, packet by packet.
 
-1. Walk the record headers. Records have variable lengths, so the walk is sequential; it is split
+1. Walk the record headers (pcapng: ``PcapngChunks``, the per-packet reader's own block walk,
+   collecting offsets only; live: ``probe.capture.RingCapture`` gives each ring block's packets).
+   Classic pcap records have variable lengths, so the walk is sequential; it is split
    into lanes of a few KB that numpy walks side by side (a lane starts at a record header found by
    looking for the capture's current seconds value). The lanes must join up exactly — lane j ends
    on lane j+1's first record — or the chunk is walked again by a plain loop, which also reports
@@ -39,19 +41,25 @@ Only the order in which flows are handed to the sink differs. Names still go thr
 ``NameExtractor.feed`` one packet at a time, in capture order, but only the packets it could
 learn from: ``name_packets`` picks them with arrays by the rule ``probe.names`` declares (ports,
 first bytes), and leaves to ``NameExtractor.interesting`` only the TCP packets whose ports may
-have a partial message buffered when they come.
+have a partial message buffered when they come. Packets whose outcome their first bytes already
+tell (a DNS query from port 53/5353/5355; a DNS-over-TCP segment with no partial message before it
+and a length prefix below a header) are only counted, as ``feed`` would count them.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
+import operator
 import struct
+import sys
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from hostflow.records import END_IDLE, PROTO_TCP, PROTO_UDP
-from probe.capture import _PCAP_MAGICS, MAX_RECORD, ProbeInputError
+from probe.capture import _PCAP_MAGICS, MAX_RECORD, ProbeInputError, pcapng_records
 from probe.decode import Decoded, decode
 from probe.meter import (
     D_LAST,
@@ -70,8 +78,11 @@ from probe.names import (
     CLIENT_HELLO_FIRST,
     CLIENT_HELLO_MORE,
     CLIENT_HELLO_TELL,
+    DNS_FAMILY_SOURCE,
+    DNS_HEADER_LEN,
     HTTP_METHOD_PREFIXES,
     HTTP_PREFIX_LEN,
+    PORT_DNS,
     TCP_SOURCE_PORTS,
     UDP_SOURCE_PORTS,
 )
@@ -91,6 +102,7 @@ _IP6_EXT = (0, 43, 44, 51, 60)  # left to the exact decoder
 _TCP_ENDS = 0x07  # FIN, SYN, RST: they change a pair's state, so the pair goes packet by packet
 
 TS_MAX = np.iinfo(np.int64).max
+TS_LIMIT = 1 << 62  # times (µs) the arrays take; any other goes packet by packet
 
 
 def pcap_header(path: str) -> tuple[str, int, int] | None:
@@ -121,6 +133,7 @@ class Chunk:
         self.caplen = caplen
         self.linktype = linktype
         self.error = error  # raise after metering the records before it
+        self.exact_times: list[int] | None = None  # times int64 cannot hold: the chunk goes packet by packet
 
 
 class PcapChunks:
@@ -286,6 +299,129 @@ class PcapChunks:
             return None
         starts = np.sort(np.concatenate(visited)) if visited else np.zeros(0, dtype=np.int64)
         return starts if len(starts) else None
+
+
+def is_pcapng(path: str) -> bool:
+    """True if the file starts with a pcapng section header (``PcapngChunks`` reads it)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"\x0a\x0d\x0d\x0a"
+    except OSError:
+        return False
+
+
+class PcapngChunks:
+    """The packets of a pcapng file as ``Chunk``s over one read-only map of the file.
+
+    The blocks are walked by ``probe.capture.pcapng_records``, the per-packet reader's own walk (so
+    every check and error message is the same), which hands each run of enhanced packet blocks
+    (little-endian, one interface) to ``_epb_run``: a tight loop follows the block lengths, and the
+    blocks' fields are read and checked with arrays; anything odd in the run goes back to the
+    walk, which reports it exactly. The frames stay in the map. A chunk holds packets of one link
+    type (interfaces may differ).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __iter__(self):
+        with open(self.path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        size = len(mapped)
+        u8 = np.frombuffer(mapped, np.uint8)
+        view = memoryview(mapped)
+        self.words = view[: size - size % 4].cast("I") if sys.byteorder == "little" else None
+        self.u32 = u8[: size - size % 4].view("<u4")
+        parts: list = []  # (starts, times, caplens) arrays, or single (start, time, caplen)
+        count = 0
+        linktype = 0
+        error = None
+        try:
+            for item in pcapng_records(self.path, mapped, self._epb_run if self.words is not None else None):
+                if item[0] == "run":
+                    _tag, item_linktype, starts, times, caplens = item
+                    item_count = len(starts)
+                else:
+                    item_linktype, ts, _wire_len, data, caplen = item
+                    item_count = 1
+                    if not -TS_LIMIT <= ts < TS_LIMIT:  # a pcapng time can be any 64-bit count of units
+                        if count:
+                            yield self._chunk(view, u8, parts, linktype, None)
+                            parts, count = [], 0
+                        chunk = self._chunk(view, u8, [(data, 0, caplen)], item_linktype, None)
+                        chunk.exact_times = [ts]
+                        yield chunk
+                        linktype = item_linktype
+                        continue
+                if count and (item_linktype != linktype or count >= CHUNK_PACKETS):
+                    yield self._chunk(view, u8, parts, linktype, None)
+                    parts, count = [], 0
+                linktype = item_linktype
+                parts.append((starts, times, caplens) if item[0] == "run" else (data, ts, caplen))
+                count += item_count
+        except ProbeInputError as exc:
+            error = exc
+        finally:
+            self.words = self.u32 = None
+        if count or error is not None:
+            yield self._chunk(view, u8, parts, linktype, error)
+
+    def _epb_run(self, offset: int, order: str, interfaces: list):
+        """(packets, next offset, item) for the enhanced packet blocks from ``offset`` on; None: not here."""
+        if order != "<" or not interfaces:
+            return None
+        words = self.words
+        end = len(words) * 4
+        at = offset
+        if_id = words[(at >> 2) + 2] if at + 12 <= end else -1
+        if not 0 <= if_id < len(interfaces):
+            return None
+        found = []
+        append = found.append
+        for _ in range(CHUNK_PACKETS):  # only the chain here: every field is checked with the arrays below
+            if at + 32 > end:
+                break
+            w = at >> 2
+            if words[w] != 6:
+                break
+            append(at)
+            length = words[w + 1]
+            if length < 32:
+                break
+            at += length
+        if len(found) < 2:
+            return None
+        u32 = self.u32
+        w = np.array(found, dtype=np.int64) >> 2
+        length, high, low, caplen = u32[w + 1], u32[w + 3], u32[w + 4], u32[w + 5]
+        length64 = length.astype(np.int64)
+        bad = (length64 < 32) | (length64 & 3 != 0) | (w * 4 + length64 > end) | (u32[w + 2] != if_id)
+        bad |= (caplen.astype(np.int64) > length64 - 32) | (high >= 1 << 30)  # times below TS_LIMIT
+        bad = np.flatnonzero(bad)
+        if len(bad):  # the walk reports it (or takes a time too large for these arrays)
+            w = w[: bad[0]]
+            if len(w) < 2:
+                return None
+            length, high, low, caplen = length[: len(w)], high[: len(w)], low[: len(w)], caplen[: len(w)]
+        linktype, units, offset_us, _snaplen = interfaces[if_id]
+        ts = (high.astype(np.int64) << 32) | low.astype(np.int64)
+        if units % 1_000_000 == 0:
+            ts //= units // 1_000_000
+        elif int(ts.max()) < (1 << 63) // 1_000_000:
+            ts = ts * 1_000_000 // units
+        else:
+            return None
+        ts += offset_us
+        next_offset = int(w[-1]) * 4 + int(length[-1])
+        return len(w), next_offset, ("run", linktype, w * 4 + 28, ts, caplen.astype(np.int64))
+
+    @staticmethod
+    def _chunk(view, u8, parts, linktype, error) -> Chunk:
+        columns = []
+        for k in range(3):
+            pieces = [np.atleast_1d(np.asarray(part[k], dtype=np.int64)) for part in parts]
+            columns.append(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64))
+        return Chunk(view, u8, columns[0], columns[1], columns[2], linktype, error)
 
 
 # ---------------------------------------------------------------- decode
@@ -517,16 +653,33 @@ _HTTP_PREFIX_WORDS = np.array(sorted(int.from_bytes(prefix, "big") for prefix in
                               dtype=np.int64)  # fmt: skip
 
 
+_FIRST_BYTES = np.array(
+    sorted({CLIENT_HELLO_FIRST, *(prefix[0] for prefix in HTTP_METHOD_PREFIXES)}), dtype=np.int64
+)
+
+
 def interesting_alone(u8: np.ndarray, proto: np.ndarray, sport: np.ndarray, pay_start: np.ndarray,
                       pay_end: np.ndarray) -> np.ndarray:  # fmt: skip
     """``probe.names.interesting_alone`` of packets whose payloads are ``u8[pay_start:pay_end]``."""
+    tcp = proto == PROTO_TCP
+    result = ((proto == PROTO_UDP) & np.isin(sport, _UDP_SOURCE_PORTS)) | (
+        tcp & np.isin(sport, _TCP_SOURCE_PORTS)
+    )
     length = pay_end - pay_start
+    first = np.where(length > 0, u8[np.minimum(pay_start, len(u8) - 1)].astype(np.int64), -1)
+    # a ClientHello or an HTTP request starts with one of a few bytes: only those need a closer look
+    closer = np.flatnonzero(tcp & ~result & np.isin(first, _FIRST_BYTES))
+    if len(closer):
+        result[closer] = _hello_or_http(u8, pay_start[closer], length[closer])
+    return result
+
+
+def _hello_or_http(u8: np.ndarray, pay_start: np.ndarray, length: np.ndarray) -> np.ndarray:
     last = len(u8) - 1
 
     def byte(at: int) -> np.ndarray:  # -1 past the payload's end
         return np.where(length > at, u8[np.minimum(pay_start + at, last)].astype(np.int64), -1)
 
-    tcp = proto == PROTO_TCP
     hello = byte(0) == CLIENT_HELLO_FIRST
     if hello.any():
         known = np.ones(len(hello), dtype=bool)
@@ -536,33 +689,72 @@ def interesting_alone(u8: np.ndarray, proto: np.ndarray, sport: np.ndarray, pay_
     word = np.zeros(len(length), dtype=np.int64)
     for at in range(HTTP_PREFIX_LEN):
         word = (word << 8) | (byte(at) & 0xFF)
-    http = (length >= HTTP_PREFIX_LEN) & np.isin(word, _HTTP_PREFIX_WORDS)
-    udp = (proto == PROTO_UDP) & np.isin(sport, _UDP_SOURCE_PORTS)
-    return udp | (tcp & (np.isin(sport, _TCP_SOURCE_PORTS) | hello | http))
+    return hello | ((length >= HTTP_PREFIX_LEN) & np.isin(word, _HTTP_PREFIX_WORDS))
+
+
+_DNS_FAMILY_PORTS = np.array(sorted(DNS_FAMILY_SOURCE), dtype=np.int64)
 
 
 def name_packets(u8: np.ndarray, decoded: Decoded_chunk, with_payload: np.ndarray,
-                 buffered: set[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                 buffered: set[tuple[int, int]]) -> NameSelection:  # fmt: skip
     """The packets of ``with_payload`` (capture order) that ``NameExtractor.interesting`` may accept.
 
-    Returns (packets, alone): ``alone`` marks the ones it accepts whatever its state; the others
-    are TCP packets whose (sport, dport) may have a buffered partial message when they come, and
-    only ``interesting`` itself can tell. ``buffered`` is the extractor's ``buffered_port_pairs()``
-    before the first of them.
+    ``chosen`` are to be offered to the extractor; ``alone`` marks the ones it accepts whatever its
+    state; the others are TCP packets whose (sport, dport) may have a buffered partial message when
+    they come, and only ``interesting`` itself can tell. ``buffered`` is the extractor's
+    ``buffered_port_pairs()`` before the first of them.
+
+    ``skipped`` are packets it accepts but whose outcome the first bytes already tell, whatever its
+    state: a DNS-family message that is a query (``feed`` only counts ``ignored-SOURCE-query``) and a
+    DNS-over-TCP segment from port 53 with no partial message before it whose length prefix is below
+    a DNS header (only ``dns-tcp-malformed``). ``ignored`` holds those counts, to be added to the
+    extractor's counters instead of feeding it.
     """
     cols = decoded.cols
     proto, sport = cols.proto[with_payload], cols.sport[with_payload]
-    alone = interesting_alone(
-        u8, proto, sport, decoded.pay_start[with_payload], decoded.pay_end[with_payload]
-    )
+    start, end = decoded.pay_start[with_payload], decoded.pay_end[with_payload]
+    alone = interesting_alone(u8, proto, sport, start, end)
     tcp = proto == PROTO_TCP
-    # A buffer is only made by feeding a TCP packet, keyed by that packet's ports; so the ports that
-    # can be buffered during this chunk are those buffered now and those of TCP packets fed alone.
+    query = np.zeros(len(alone), dtype=bool)
+    unframed = np.zeros(len(alone), dtype=bool)
+    dns = np.flatnonzero(alone & np.isin(sport, _DNS_FAMILY_PORTS))
+    if len(dns):
+        at, length, dns_proto = start[dns], end[dns] - start[dns], proto[dns]
+        last = len(u8) - 1
+        head = [u8[np.minimum(at + k, last)].astype(np.int64) for k in range(3)]
+        query[dns] = (dns_proto == PROTO_UDP) & (length >= DNS_HEADER_LEN) & ((head[2] & 0x80) == 0)
+        unframed[dns] = ((dns_proto == PROTO_TCP) & (sport[dns] == PORT_DNS) & (length >= 2)
+                         & (((head[0] << 8) | head[1]) < DNS_HEADER_LEN))  # fmt: skip
+    # A buffer is only made by feeding a TCP packet, keyed by that packet's ports (an unframed segment
+    # with no buffer makes none); so the ports that can be buffered during this chunk are those
+    # buffered now and those of the TCP packets fed alone.
     ports = sport * 65536 + cols.dport[with_payload]
     now = np.array([s * 65536 + d for s, d in buffered], dtype=np.int64)
-    maybe = tcp & ~alone & np.isin(ports, np.concatenate([now, ports[tcp & alone]]))
-    keep = alone | maybe
-    return with_payload[keep], alone[keep]
+    feeders = ports[tcp & alone & ~unframed]
+    if len(now) or len(feeders):
+        may_buffer = np.isin(ports, np.concatenate([now, feeders]))
+    else:
+        may_buffer = np.zeros(len(alone), dtype=bool)
+    unframed &= ~may_buffer
+    maybe = tcp & ~alone & may_buffer
+    skip = query | unframed
+    keep = (alone & ~skip) | maybe
+    ignored = {}
+    for port, source in DNS_FAMILY_SOURCE.items():
+        count = int((query & (sport == port)).sum())
+        if count:
+            ignored[f"ignored-{source}-query"] = count
+    count = int(unframed.sum())
+    if count:
+        ignored["dns-tcp-malformed"] = count
+    return NameSelection(with_payload[keep], alone[keep], with_payload[skip], ignored)
+
+
+class NameSelection(NamedTuple):
+    chosen: np.ndarray
+    alone: np.ndarray
+    skipped: np.ndarray
+    ignored: dict[str, int]
 
 
 # ---------------------------------------------------------------- meter
@@ -678,12 +870,12 @@ class BatchMeter:
         ts_s = ts[order]
         side_s = side[order]
         flags_s = cols.flags[ip][order]
-        has = np.fromiter((pair is not None for pair in existing), dtype=bool, count=groups)
+        has = np.array([pair is not None for pair in existing], dtype=bool)
         known = [pair if pair is not None else _NO_PAIR for pair in existing]
-        old_last = np.fromiter((pair[P_LAST] for pair in known), dtype=np.int64, count=groups)
-        old_start = np.fromiter((pair[P_START] for pair in known), dtype=np.int64, count=groups)
-        old_moved = np.fromiter((pair[P_MOVED] for pair in known), dtype=np.int64, count=groups)
-        closed = np.fromiter((bool(pair[P_CLOSED]) for pair in known), dtype=bool, count=groups)
+        numbers = np.array(list(map(_PAIR_NUMBERS, known)), dtype=np.int64).reshape(groups, 5)
+        old_last, old_start, old_moved = numbers[:, 0], numbers[:, 1], numbers[:, 2]
+        had = numbers[:, 3:] > 0  # the pair has packets in direction 0, 1
+        closed = np.array(list(map(bool, map(_CLOSED, known))), dtype=bool)
 
         # segments: a new pair starts at a group's first packet (no pair, or idle) and at idle gaps
         idle = meter.idle_us
@@ -726,7 +918,7 @@ class BatchMeter:
 
         simple = ~complex_group
         self._apply_simple(
-            cols, ip[order], keys, existing, np.flatnonzero(simple), group_seg0, last_seg, seg_cont,
+            cols, ip[order], keys, existing, had, np.flatnonzero(simple), group_seg0, last_seg, seg_cont,
             seg_begin, seg_last_ts, side_s[seg_first], packets0, packets1, bytes_all - bytes1, bytes1,
             flags0, flags1, first0, first1, last0, last1, moved,
         )  # fmt: skip
@@ -745,29 +937,23 @@ class BatchMeter:
         cache = self.keys
         if len(cache) > 4 * self.meter.max_pairs:
             cache.clear()
-        identities = zip(*(column[group_first].tolist() for column in sorted_parts), strict=True)
-        keys = []
-        missing = []
-        for g, identity in enumerate(identities):
-            key = cache.get(identity)
-            if key is None:
-                missing.append(g)
-            keys.append(key)
+        identities = list(zip(*(column[group_first].tolist() for column in sorted_parts), strict=True))
+        get = cache.get
+        keys = [get(identity) for identity in identities]
+        missing = [g for g, key in enumerate(keys) if key is None]
         if missing:
-            heads_list = heads.tolist()
-            flipped_list = flipped.tolist()
-            for g in missing:
-                packet = heads_list[g]
-                version = int(cols.version[packet])
-                src = addr_bytes(version, int(cols.src_hi[packet]), int(cols.src_lo[packet]))
-                dst = addr_bytes(version, int(cols.dst_hi[packet]), int(cols.dst_lo[packet]))
-                sport, dport = int(cols.sport[packet]), int(cols.dport[packet])
-                if flipped_list[g]:
-                    key = (int(cols.proto[packet]), dst, dport, src, sport)
+            packets = heads[missing]
+            fields = zip(missing, flipped[missing].tolist(), *(column[packets].tolist() for column in (
+                cols.version, cols.proto, cols.src_hi, cols.src_lo, cols.dst_hi, cols.dst_lo, cols.sport,
+                cols.dport)), strict=True)  # fmt: skip
+            for g, flip, version, proto, s_hi, s_lo, d_hi, d_lo, sport, dport in fields:
+                src = addr_bytes(version, s_hi, s_lo)
+                dst = addr_bytes(version, d_hi, d_lo)
+                if flip:
+                    key = (proto, dst, dport, src, sport)
                 else:
-                    key = (int(cols.proto[packet]), src, sport, dst, dport)
-                identity = tuple(int(column[group_first[g]]) for column in sorted_parts)
-                cache[identity] = keys[g] = key
+                    key = (proto, src, sport, dst, dport)
+                cache[identities[g]] = keys[g] = key
         return keys
 
     def _mac(self, value: int, present: bool) -> bytes:
@@ -790,7 +976,7 @@ class BatchMeter:
             for packet, ts, tos, vlan, smac, dmac, macs in zip(packets.tolist(), *values, strict=True)
         }
 
-    def _apply_simple(self, cols, packet_sorted, keys, existing, simple, group_seg0, last_seg, seg_cont,
+    def _apply_simple(self, cols, packet_sorted, keys, existing, had, simple, group_seg0, last_seg, seg_cont,
                       seg_begin, seg_last_ts, seg_side, packets0, packets1, bytes0, bytes1, flags0, flags1,
                       first0, first1, last0, last1, moved) -> None:  # fmt: skip
         meter = self.meter
@@ -801,10 +987,7 @@ class BatchMeter:
         groups_simple = np.zeros(len(group_seg0), dtype=bool)
         groups_simple[simple] = True
         seg_groups = np.repeat(np.arange(len(group_seg0)), last_seg - group_seg0 + 1)
-        had0 = np.fromiter((pair is not None and pair[P_DIR0] > 0 for pair in existing), dtype=bool,
-                           count=len(existing))  # fmt: skip
-        had1 = np.fromiter((pair is not None and pair[P_DIR1] > 0 for pair in existing), dtype=bool,
-                           count=len(existing))  # fmt: skip
+        had0, had1 = had[:, 0], had[:, 1]
         opens = groups_simple[seg_groups]
         new0 = first0[opens & (packets0 > 0) & ~(seg_cont & had0[seg_groups])]
         new1 = first1[opens & (packets1 > 0) & ~(seg_cont & had1[seg_groups])]
@@ -908,6 +1091,8 @@ class BatchMeter:
 
 
 _NO_PAIR = EMPTY_PAIR
+_PAIR_NUMBERS = operator.itemgetter(P_LAST, P_START, P_MOVED, P_DIR0, P_DIR1)
+_CLOSED = operator.itemgetter(P_CLOSED)
 
 
 def _moves(ts_s, order, seg_first, seg_end, seg_cont, seg_old_moved, last_seg):

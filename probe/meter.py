@@ -205,21 +205,29 @@ class FlowMeter:
     def _export(self, key: tuple, pair: list, reason: str) -> int:
         """Turn a pair that has left the table into one Flow per direction with packets."""
         proto, addr_a, port_a, addr_b, port_b = key
-        text_a, text_b = self._addr(addr_a), self._addr(addr_b)
+        addrs = self._addr_cache
+        text_a = addrs.get(addr_a) or self._addr(addr_a)
+        text_b = addrs.get(addr_b) or self._addr(addr_b)
         opener = self._initiator(proto, port_a, port_b, pair)
+        macs = self._mac_cache
+        icmp = proto == PROTO_ICMP or proto == PROTO_ICMPV6
+        append = self.pending.append
         made = 0
-        for side in (0, 1):
-            base = P_DIR1 if side else P_DIR0
+        for side, base in ((0, P_DIR0), (1, P_DIR1)):
             if not pair[base]:
                 continue
             if side == 0:
                 src, sport, dst, dport = text_a, port_a, text_b, port_b
             else:
                 src, sport, dst, dport = text_b, port_b, text_a, port_a
-            initiator = "" if opener < 0 else INIT_SRC if opener == side else INIT_DST
-            if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+            if icmp:
                 initiator = _icmp_initiator(proto, dport)
-            self.pending.append(
+            else:
+                initiator = "" if opener < 0 else INIT_SRC if opener == side else INIT_DST
+            src_mac, dst_mac = pair[base + D_SRC_MAC], pair[base + D_DST_MAC]
+            src_mac = macs.get(src_mac) if src_mac in macs else self._mac(src_mac)
+            dst_mac = macs.get(dst_mac) if dst_mac in macs else self._mac(dst_mac)
+            append(
                 Flow(
                     self.probe_id,
                     pair[base + D_FIRST],
@@ -235,8 +243,8 @@ class FlowMeter:
                     pair[base + D_FLAGS],
                     pair[base + D_TOS],
                     pair[base + D_VLAN],
-                    self._mac(pair[base + D_SRC_MAC]),
-                    self._mac(pair[base + D_DST_MAC]),
+                    src_mac,
+                    dst_mac,
                     reason,
                     initiator,
                     1,

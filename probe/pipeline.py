@@ -8,10 +8,16 @@ and leave ``sink.close()`` to the caller, who owns the sink.
 A damaged file ends the run with ``ProbeInputError("FILE: packet N: reason")`` after everything
 metered before the damage was flushed (end reason ``end-of-capture``) and handed to the sink.
 
-Classic pcap files go through ``probe.fastpath`` (numpy: decoded a chunk at a time, metered in
-batches; same flows, names and counters, about 3× the per-packet rate); pcapng files, live
-capture, and any stretch of a file whose time goes backwards go packet by packet (``run``).
-``meter_files(..., vectorised=False)`` forces the per-packet path (the tests compare the two).
+pcap and pcapng files go through ``probe.fastpath`` (numpy: decoded a chunk at a time, metered in
+batches; same flows, names and counters, about 3× the per-packet rate); any stretch of a file
+whose time goes backwards goes packet by packet (``run``). ``meter_files(..., vectorised=False)``
+forces the per-packet path (the tests compare the two).
+
+Live capture reads a PACKET_MMAP ring (``probe.capture.RingCapture``): each block the kernel
+hands over (up to 1 MiB of packets, or what came in 50 ms) is decoded with the same numpy code
+as a file chunk, and the blocks are metered together every 0.25 s. Without numpy, when the
+kernel refuses the ring (logged), or with ``HOSTFLOW_PROBE_RING=0``, packets are read one by one
+with recv (``LiveCapture``, metered by ``run``). Figures: docs/sizing-probe.md.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 from hostflow.records import END_EOF, END_SHUTDOWN, Name
 from probe import __version__
-from probe.capture import LiveCapture, ProbeInputError, file_size, open_capture
+from probe.capture import LiveCapture, ProbeInputError, RingCapture, RingUnavailable, file_size, open_capture
 from probe.decode import LINKTYPES, Decoded, decode
 from probe.meter import TCP_END_GRACE_S, FlowMeter
 from probe.options import MeterOptions
@@ -174,7 +180,8 @@ class _Engine:
     def chunk_exactly(self, chunk) -> None:
         """A chunk packet by packet (time went backwards): exactly what ``run`` does."""
         buf, linktype = chunk.buf, chunk.linktype
-        starts, caplens, times = chunk.starts.tolist(), chunk.caplen.tolist(), chunk.ts.tolist()
+        starts, caplens = chunk.starts.tolist(), chunk.caplen.tolist()
+        times = chunk.exact_times if chunk.exact_times is not None else chunk.ts.tolist()
         self.run((linktype, times[i], caplens[i], bytes(buf[starts[i] : starts[i] + caplens[i]]))
                  for i in range(len(starts)))  # fmt: skip
 
@@ -214,9 +221,11 @@ class _Engine:
             decoded.pay_start,
             decoded.pay_end,
         )
-        chosen, alone = fastpath.name_packets(
+        chosen, alone, _skipped, ignored = fastpath.name_packets(
             chunk.u8, decoded, with_payload, self.names.buffered_port_pairs()
         )
+        for reason, count in ignored.items():
+            self.names._count(reason, count)
         values = [column[chosen].tolist() for column in columns]
         for i, accepted, ts, version, proto, sport, dport, start, end in zip(
             chosen.tolist(), alone.tolist(), *values, strict=True
@@ -321,8 +330,8 @@ def _with_progress(path: str, packets, progress: Callable[[str, int, int], None]
     progress(path, done, total)
 
 
-def _meter_pcap(engine: _Engine, path: str, header: tuple[str, int, int], progress) -> None:
-    """A classic pcap file through probe.fastpath: decoded chunk by chunk, metered in batches."""
+def _meter_chunks(engine: _Engine, path: str, chunks, progress) -> None:
+    """A pcap or pcapng file through probe.fastpath: decoded chunk by chunk, metered in batches."""
     batch = fastpath.BatchMeter(engine.meter)
     total = file_size(path)
     done = 0
@@ -336,8 +345,8 @@ def _meter_pcap(engine: _Engine, path: str, header: tuple[str, int, int], progre
             pending, waiting = [], 0  # free the parts before metering needs its own arrays
             engine.meter_columns(cols, batch)
 
-    for chunk in fastpath.PcapChunks(path, *header):
-        if engine.in_order and fastpath.in_order(chunk.ts, engine.last_ts):
+    for chunk in chunks:
+        if chunk.exact_times is None and engine.in_order and fastpath.in_order(chunk.ts, engine.last_ts):
             pending.append(engine.decode_chunk(chunk))
             waiting += len(chunk.ts)
             if waiting >= fastpath.BATCH_PACKETS:
@@ -381,7 +390,9 @@ def meter_files(
             engine.next_scan = None
             header = fastpath.pcap_header(path) if vectorised and fastpath is not None else None
             if header is not None:
-                _meter_pcap(engine, path, header, progress)
+                _meter_chunks(engine, path, fastpath.PcapChunks(path, *header), progress)
+            elif vectorised and fastpath is not None and fastpath.is_pcapng(path):
+                _meter_chunks(engine, path, fastpath.PcapngChunks(path), progress)
             else:
                 engine.run(_with_progress(path, open_capture(path), progress, file_size(path)))
     except ProbeInputError:
@@ -399,18 +410,33 @@ def capture_live(
     *,
     tcp_end_grace: float = TCP_END_GRACE_S,
     ready: Callable[[], None] | None = None,
+    ring: bool | None = None,
 ) -> MeterStats:
     """Capture on ``iface`` until ``stop`` is set; then flush everything as ``shutdown``.
 
     Fails before any packet with ProbeInputError for a bad interface or BPF filter. ``ready`` is
-    called once the socket is capturing (tests wait for it before sending).
+    called once the socket is capturing (tests wait for it before sending). ``ring``: use the
+    PACKET_MMAP ring (True, the default when None unless HOSTFLOW_PROBE_RING=0) or recv (False).
     """
-    capture = LiveCapture(iface, options.bpf, snaplen=max(options.snaplen, 1514))
+    if ring is None:
+        ring = os.environ.get("HOSTFLOW_PROBE_RING", "1") != "0"
+    capture = _open_live(iface, options.bpf, max(options.snaplen, 1514), ring)
     engine = _Engine(options, sink, tcp_end_grace)
     engine.stats.iface = iface
     linktype = capture.linktype
-    log.info("capturing on %s (%s)%s", iface, LINKTYPES.get(linktype, linktype),
+    log.info("capturing on %s (%s%s)%s", iface, LINKTYPES.get(linktype, linktype),
+             ", PACKET_MMAP ring" if isinstance(capture, RingCapture) else "",
              f" filter {options.bpf!r}" if options.bpf else "")  # fmt: skip
+    if isinstance(capture, RingCapture):
+        try:
+            if ready is not None:
+                ready()
+            _meter_ring(engine, capture, stop, health_interval)
+        finally:
+            engine.stats.kernel_drops, engine.stats.if_drops = capture.read_stats()
+            capture.close()
+            stats = engine.finish(END_SHUTDOWN)
+        return stats
 
     def ticks():
         next_scan = 0
@@ -437,3 +463,73 @@ def capture_live(
         capture.close()
         stats = engine.finish(END_SHUTDOWN)
     return stats
+
+
+LIVE_BATCH_PACKETS = 65_536  # live packets metered at once at most
+LIVE_BATCH_SECONDS = 0.25  # and at least this often while packets come
+
+
+def _open_live(iface: str, bpf: str | None, snaplen: int, ring: bool):
+    """The PACKET_MMAP ring when asked and numpy and the kernel allow it, else recv."""
+    if ring and fastpath is not None:
+        try:
+            return RingCapture(iface, bpf, snaplen=snaplen)
+        except RingUnavailable as exc:
+            log.warning("%s; reading packets one by one instead (slower)", exc)
+    return LiveCapture(iface, bpf, snaplen=snaplen)
+
+
+def _meter_ring(engine: _Engine, capture: RingCapture, stop: threading.Event, health_interval: float) -> None:
+    """Live capture through the ring: each block decoded with numpy, metered in batches (as files).
+
+    Blocks are decoded as they come (names too, while the frames are at hand) and metered together
+    every LIVE_BATCH_PACKETS packets or LIVE_BATCH_SECONDS; timeouts are looked for once a second
+    of clock time, after metering what is pending, also while the line is quiet.
+    """
+    batch = fastpath.BatchMeter(engine.meter)
+    blocks = capture.blocks_ready(stop)
+    try:
+        _meter_blocks(engine, capture, blocks, batch, health_interval)
+    finally:
+        blocks.close()
+
+
+def _meter_blocks(engine: _Engine, capture: RingCapture, blocks, batch, health_interval: float) -> None:
+    pending: list = []
+    waiting = 0
+    clock = time.monotonic
+    meter_at = clock() + LIVE_BATCH_SECONDS
+    next_scan = time.time_ns() // 1000 + SCAN_INTERVAL_US
+    next_health = clock() + health_interval
+    linktype = capture.linktype
+
+    def meter_pending() -> None:
+        nonlocal pending, waiting
+        if pending:
+            cols = fastpath.Columns.concat(pending)
+            pending, waiting = [], 0
+            engine.meter_columns(cols, batch)
+
+    for block in blocks:
+        if block is not None:
+            frames, starts, ts, caplen = block
+            chunk = fastpath.Chunk(memoryview(frames), frames, starts, ts, caplen, linktype, None)
+            pending.append(engine.decode_chunk(chunk))
+            waiting += len(starts)
+        now = clock()
+        if waiting >= LIVE_BATCH_PACKETS or now >= meter_at:
+            meter_pending()
+            meter_at = now + LIVE_BATCH_SECONDS
+        now_us = time.time_ns() // 1000
+        if now_us >= next_scan:
+            meter_pending()
+            engine.meter.expire(max(now_us, engine.last_ts or 0))
+            engine._deliver_names()
+            next_scan = now_us + SCAN_INTERVAL_US
+            if now >= next_health:
+                next_health = now + health_interval
+                engine.stats.kernel_drops, engine.stats.if_drops = capture.read_stats()
+                engine.stats.flows_exported = engine.meter.flows_exported
+                engine.stats.flows_evicted = engine.meter.flows_evicted
+                engine.sink.set_health(engine.stats.as_health())
+    meter_pending()

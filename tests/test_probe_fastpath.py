@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.bench_probe import write_pcap
+from bench.bench_probe import pcap_to_pcapng, write_pcap
 from hostflow.records import flow_row, name_row
 from probe import fastpath
 from probe.capture import open_capture
@@ -111,6 +111,47 @@ def bench_like(tmp_path_factory) -> Path:
 def test_every_fixture(capture: Path) -> None:
     for options in OPTION_SETS.values():
         assert_same([capture], **options)
+
+
+@pytest.mark.parametrize("nanoseconds", [False, True], ids=["us", "ns"])
+def test_pcapng_takes_the_fast_path(batches, traffic: Path, tmp_path: Path, nanoseconds: bool) -> None:
+    """pcapng is metered in batches too (block headers walked, frames left in the map): the same
+    flows, names and counters as its per-packet path, and as the same packets in a classic pcap."""
+    pcapng = tmp_path / "traffic.pcapng"
+    pcap_to_pcapng(traffic, pcapng, nanoseconds=nanoseconds)
+    for options in ({}, OPTION_SETS["short-timeouts"]):
+        flows, names, health, error = assert_same([pcapng], **options)
+        assert (flows, names, health, error) == _run([traffic], True, **options)
+        assert error is None and health["packets_captured"] >= 40_000 and len(flows) > 1000
+    assert batches and all(batches)
+
+
+@pytest.mark.parametrize("damage", ["cut", "caplen", "interface", "block-length", "time-2106"])
+def test_pcapng_damage_in_a_run(traffic: Path, tmp_path: Path, damage: str) -> None:
+    """Damage in the middle of a run of packet blocks (walked with arrays) is reported exactly as
+    the per-packet reader reports it, after the same packets; a time beyond 2106 is read exactly."""
+    pcapng = tmp_path / "traffic.pcapng"
+    pcap_to_pcapng(traffic, pcapng)
+    data = bytearray(pcapng.read_bytes())
+    at = 28 + 20  # SHB, IDB
+    for _ in range(20_000):  # the 20,001st packet block
+        at += struct.unpack_from("<I", data, at + 4)[0]
+    if damage == "cut":
+        data = data[: at + 40]
+    elif damage == "caplen":
+        struct.pack_into("<I", data, at + 20, 5000)
+    elif damage == "interface":
+        struct.pack_into("<I", data, at + 8, 3)
+    elif damage == "block-length":
+        struct.pack_into("<I", data, at + 4, 30)
+    else:
+        struct.pack_into("<I", data, at + 12, 0xFFFFFFFF)  # ts_high: beyond what int64 microseconds hold
+    pcapng.write_bytes(bytes(data))
+    flows, _names, health, error = assert_same([pcapng])
+    if damage == "time-2106":
+        assert error is None and health["packets_captured"] >= 40_000
+    else:
+        assert error is not None and "packet 20001:" in error and health["packets_captured"] == 20_000
 
 
 def test_fixtures_take_the_fast_path(batches) -> None:
@@ -264,7 +305,7 @@ def _selections(
     fresh extractor's ``interesting()`` for every packet with a payload, and both extractors (whose
     names must be equal).
     """
-    selected, reference, alone_rule, fresh_rule = [], [], [], []
+    selected, reference, alone_rule, fresh_rule, skips = [], [], [], [], []
     ours, theirs, fresh = NameExtractor("t"), NameExtractor("t"), NameExtractor("t")
     ours_names, theirs_names = [], []
     base = 0
@@ -283,14 +324,22 @@ def _selections(
         alone_rule += fastpath.interesting_alone(
             chunk.u8, *cols_p, decoded.pay_start[with_payload], decoded.pay_end[with_payload]
         ).tolist()
-        chosen, alone = fastpath.name_packets(chunk.u8, decoded, with_payload, ours.buffered_port_pairs())
-        for i, accepted in zip(chosen.tolist(), alone.tolist(), strict=True):  # as probe.pipeline does
+        chosen, alone, skipped, ignored = fastpath.name_packets(
+            chunk.u8, decoded, with_payload, ours.buffered_port_pairs()
+        )
+        for reason, count in ignored.items():  # as probe.pipeline does
+            ours._count(reason, count)
+        for i, accepted in zip(chosen.tolist(), alone.tolist(), strict=True):
             ts, src, dst, proto, sport, dport, payload = _packet(chunk, decoded, i)
             if accepted or ours.interesting(proto, sport, dport, payload):
                 selected.append(base + i)
                 ours_names += ours.feed(ts, src, dst, proto, sport, dport, payload)
+        selected = sorted(selected + (base + skipped).tolist())
+        skips.append(sum(ignored.values()) == len(skipped) and len(skipped))
         base += cols.n
     assert ours_names == theirs_names
+    assert all(skip is not False for skip in skips)  # every skipped packet counted once
+    _selections.skipped = sum(skips)
     return selected, reference, alone_rule, fresh_rule, ours, theirs
 
 
@@ -302,6 +351,16 @@ def test_name_selection_is_interesting(capture: Path, small_chunks) -> None:
     assert alone_rule == fresh_rule  # no buffers: interesting() is the stateless rule
     assert selected == reference
     assert ours.counters == theirs.counters
+
+
+def test_name_selection_skips_what_the_first_bytes_tell(bench_like: Path, small_chunks) -> None:
+    """The benchmark's traffic has DNS-port packets of zeros: UDP from 53 that reads as a query and
+    TCP from 53 whose length prefix is 0. They are counted, not fed, and the extractor ends the same."""
+    selected, reference, _alone, _fresh, ours, theirs = _selections(bench_like)
+    assert selected == reference
+    assert ours.counters == theirs.counters
+    assert theirs.counters["ignored-dns-query"] > 1000 and theirs.counters["dns-tcp-malformed"] > 1000
+    assert _selections.skipped == theirs.counters["ignored-dns-query"] + theirs.counters["dns-tcp-malformed"]
 
 
 def test_name_selection_follows_buffers(small_chunks) -> None:

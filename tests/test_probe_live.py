@@ -1,19 +1,46 @@
-"""capture_live on a real veth between two network namespaces, with known traffic."""
+"""capture_live on a real veth between two network namespaces, with known traffic.
+
+Each test runs on both ways of reading the socket: the PACKET_MMAP ring (the default, metered with
+numpy a block at a time) and packet-by-packet recv (HOSTFLOW_PROBE_RING=0, the fallback). Besides
+traffic made here, real captures and generated traffic (VLAN tags, thousands of conversations) are
+replayed onto the veth with tcpreplay, and the live flows and names must equal what ``probe read``
+makes of the same file.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from bench.bench_probe import write_pcap
 from probe.options import MeterOptions
-from probe.pipeline import ProbeInputError, capture_live
+from probe.pipeline import ProbeInputError, capture_live, meter_files
 from probe.sink import MemorySink
+from tests.plugins.common import FIXTURES
 from tests.plugins.netns import VethPair, enter_netns
 
 pytestmark = pytest.mark.netns
+
+NO_TIMEOUTS = 1e9  # replayed traffic is compressed in time: timeouts would split flows differently
+
+
+@pytest.fixture(params=["ring", "recv"])
+def reader(request, monkeypatch, caplog) -> str:
+    """Which socket reader capture_live uses; the test checks the log says it was that one."""
+    monkeypatch.setenv("HOSTFLOW_PROBE_RING", "1" if request.param == "ring" else "0")
+    caplog.set_level(logging.INFO, logger="probe.pipeline")
+    yield request.param
+    started = [
+        r.getMessage() for r in caplog.get_records("call") if r.getMessage().startswith("capturing on")
+    ]
+    assert started and all(("PACKET_MMAP ring" in line) == (request.param == "ring") for line in started)
+
 
 ECHO_SERVER = """
 import socket, sys
@@ -48,7 +75,7 @@ c.close()
 """
 
 
-def _live(net: VethPair, options: MeterOptions, traffic) -> tuple[MemorySink, object]:
+def _live(net: VethPair, options: MeterOptions, traffic, **kwargs) -> tuple[MemorySink, object]:
     sink = MemorySink()
     stop = threading.Event()
     ready = threading.Event()
@@ -58,7 +85,7 @@ def _live(net: VethPair, options: MeterOptions, traffic) -> tuple[MemorySink, ob
         try:
             with enter_netns(net.ns_a):
                 result["stats"] = capture_live(net.if_a, options, sink, stop, health_interval=0.5,
-                                               ready=ready.set)  # fmt: skip
+                                               ready=ready.set, **kwargs)  # fmt: skip
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             result["error"] = exc
             ready.set()
@@ -87,7 +114,7 @@ def _servers(net: VethPair) -> list:
 
 
 @pytest.mark.timeout(60)
-def test_live_capture_exact_flows(veth_netns: VethPair) -> None:
+def test_live_capture_exact_flows(veth_netns: VethPair, reader: str) -> None:
     net = veth_netns
     servers = _servers(net)
     try:
@@ -124,7 +151,7 @@ def test_live_capture_exact_flows(veth_netns: VethPair) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_live_capture_with_bpf_filter(veth_netns: VethPair) -> None:
+def test_live_capture_with_bpf_filter(veth_netns: VethPair, reader: str) -> None:
     net = veth_netns
     servers = _servers(net)
     try:
@@ -141,11 +168,118 @@ def test_live_capture_with_bpf_filter(veth_netns: VethPair) -> None:
     assert stats.packets == 20
 
 
-def test_bad_interface_fails_at_start() -> None:
+def _flow_counts(flows) -> list[tuple]:
+    """Everything of a flow but its times and end reason (live time is not the file's)."""
+    return sorted((f.protocol, f.src_addr, f.src_port, f.dst_addr, f.dst_port, f.packets, f.bytes, f.tcp_flags,
+                   f.tos, f.vlan, f.src_mac, f.dst_mac, f.initiator, f.ip_version) for f in flows)  # fmt: skip
+
+
+def _name_facts(names) -> list[tuple]:
+    return sorted(
+        (n.addr, n.name, n.source, n.client_addr, n.ttl, n.cname_chain, n.qtype, n.rcode) for n in names
+    )
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """3,000 packets of the benchmark's traffic: 300 conversations, VLAN tags, SYN/FIN/RST, IPv6, ICMP."""
+    path = tmp_path_factory.mktemp("live") / "generated.pcap"
+    write_pcap(path, 3_000, seed=5, concurrent=300, turnover=0.02)
+    return path
+
+
+REPLAYED = ["generated", "pcap/zeek-wikipedia.pcap", "pcap/ndpi-iphone.pcap", "pcap/zeek-mixed-vlan-mpls.pcap",
+            "pcap/zeek-vlan-qinqinq.pcap", "pcap/zeek-dns-mdns.pcap", "names/arkime-dns-tcp.pcap"]  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("capture", REPLAYED)
+def test_replayed_capture_meters_like_the_file(veth_netns: VethPair, reader: str, capture: str,
+                                               generated: Path) -> None:  # fmt: skip
+    """tcpreplay a capture onto the veth: live flows and names equal ``probe read`` of the file."""
+    net = veth_netns
+    for side, iface in (("a", net.if_a), ("b", net.if_b)):  # tagged full-size frames exceed 1500
+        net.run(side, ["ip", "link", "set", iface, "mtu", "9000"])
+    path = generated if capture == "generated" else FIXTURES / capture
+    options = MeterOptions(probe_id="p", idle_timeout=NO_TIMEOUTS, active_timeout=NO_TIMEOUTS)
+    from_file = MemorySink()
+    file_stats = meter_files([str(path)], options, from_file, tcp_end_grace=NO_TIMEOUTS)
+    sent: list[str] = []
+
+    def traffic() -> None:
+        out = net.run(
+            "b", ["tcpreplay", "-i", net.if_b, "--pps=20000", str(path)], capture_output=True, text=True
+        )
+        sent.append(out.stdout)
+
+    live, stats = _live(net, options, traffic, tcp_end_grace=NO_TIMEOUTS)
+    successful = int(re.search(r"Successful packets:\s+(\d+)", sent[0]).group(1))
+    assert successful == file_stats.packets  # every frame went onto the wire
+    assert stats.packets == file_stats.packets and stats.kernel_drops == 0
+    assert stats.ip_packets == file_stats.ip_packets and stats.bytes == file_stats.bytes
+    assert stats.parse_errors == file_stats.parse_errors
+    assert _flow_counts(live.flows) == _flow_counts(from_file.flows)
+    assert _name_facts(live.names) == _name_facts(from_file.names)
+    assert len(from_file.flows) > 0
+
+
+@pytest.mark.parametrize("ring", ["1", "0"])
+def test_bad_interface_fails_at_start(monkeypatch, ring: str) -> None:
+    monkeypatch.setenv("HOSTFLOW_PROBE_RING", ring)
     with pytest.raises(ProbeInputError, match=r"no such network interface: 'nonexistent0'"):
         capture_live("nonexistent0", MeterOptions(), MemorySink(), threading.Event())
 
 
-def test_bad_filter_fails_at_start() -> None:
+@pytest.mark.parametrize("ring", ["1", "0"])
+def test_bad_filter_fails_at_start(monkeypatch, ring: str) -> None:
+    monkeypatch.setenv("HOSTFLOW_PROBE_RING", ring)
     with pytest.raises(ProbeInputError, match=r"bad BPF filter 'port nonsense'"):
         capture_live("lo", MeterOptions(bpf="port nonsense"), MemorySink(), threading.Event())
+
+
+@pytest.mark.timeout(60)
+def test_ring_refused_falls_back_to_recv(veth_netns: VethPair, monkeypatch, caplog) -> None:
+    """A ring the kernel refuses (here: a block size that is not a multiple of the page size) is
+    logged in one line and the capture goes on packet by packet, with the same flows."""
+    import probe.capture
+
+    monkeypatch.setattr(probe.capture, "RING_BLOCK_BYTES", 1000)
+    caplog.set_level(logging.INFO, logger="probe.pipeline")
+    net = veth_netns
+    servers = _servers(net)
+    try:
+
+        def traffic() -> None:
+            net.run("b", [sys.executable, "-c", CLIENT, net.addr_a, net.addr_b, "10"], timeout=30)
+
+        sink, stats = _live(net, MeterOptions(names=False), traffic, ring=True)
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no PACKET_MMAP ring on" in w and "reading packets one by one" in w for w in warnings)
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("capturing on")]
+    assert started and "PACKET_MMAP ring" not in started[0]
+    udp = sorted((f.src_port, f.dst_port, f.packets) for f in sink.flows if f.protocol == 17)
+    assert udp == [(9999, 40000, 10), (40000, 9999, 10)]
+
+
+@pytest.mark.timeout(60)
+def test_idle_timeout_fires_on_a_quiet_line(veth_netns: VethPair, reader: str) -> None:
+    """No packet after the exchange: the flows still end by idle timeout, before shutdown."""
+    net = veth_netns
+    servers = _servers(net)
+    try:
+
+        def traffic() -> None:
+            net.run("b", [sys.executable, "-c", CLIENT, net.addr_a, net.addr_b, "5"], timeout=30)
+            time.sleep(3.5)  # idle timeout 1 s, expiry looked for once a second
+
+        sink, _stats = _live(net, MeterOptions(names=False, idle_timeout=1.0), traffic)
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+    udp = sorted((f.src_port, f.dst_port, f.packets, f.end_reason) for f in sink.flows if f.protocol == 17)
+    assert udp == [(9999, 40000, 5, "idle"), (40000, 9999, 5, "idle")]
