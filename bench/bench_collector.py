@@ -1,27 +1,37 @@
 """Collector throughput and query latency, ours beside a bare-DuckDB reference, in one run.
 
-    .venv/bin/python bench/bench_collector.py [--rows 100000000] [--db big.duckdb] [--batch-rows 5000,100000]
+    .venv/bin/python bench/bench_collector.py [--batch-rows 10000,100000] [--senders 1,4] [--total 1000000]
+                                              [--rows 100000000 | --no-query] [--db big.duckdb]
 
-(--db keeps the generated table: 100M rows take ~11 minutes to generate on a busy 2-core machine.)
+(--db keeps the generated query table: 100M rows take ~11 minutes to generate on a busy 2-core machine.)
 
-1. Probe batches through the real daemon's HTTP API (JSON, validated, one transaction each): rows/s,
-   for 5,000- and 100,000-row batches.
-   Reference: the same rows inserted into DuckDB from Arrow with no validation or bookkeeping.
-2. Store.ingest_columns (Arrow, atomic, idempotent): rows/s, goal ≥ 1,000,000. Same reference.
-3. host_peers for one host-hour on a generated --rows table (DuckDB SQL generates it: 1000 hosts,
-   30 days, sorted by time as the store writes it): median / p95 ms, goal ≤ 50 ms median.
+1. Probe-batch ingest, rows/s, goal >= 1,000,000, for each batch size:
+   - reference: DuckDB's own INSERT from Arrow, the same batches, one transaction each, no validation;
+   - Store.ingest_columns in process (Arrow, atomic, idempotent, health/sources bookkeeping);
+   - HTTP JSON batches and HTTP columnar batches (application/vnd.hostflow.columns+v1) to a real
+     `python -m collector serve` over loopback, from 1 and several concurrent senders (keep-alive
+     connections), each answer checked. Rows/s = rows found in the DuckDB file after the run / time
+     from the first request to the last answer. Bodies are built before the clock starts.
+   CPU s/1M: CPU seconds per million rows stored (the collector process for HTTP, this process
+   otherwise), which a busy machine distorts less than rows/s. Also the probe's encoder
+   (hostflow.records.make_columns_batch from Flow records, no pyarrow, then gzip level 1).
+2. host_peers for one host-hour on a generated --rows table (DuckDB SQL generates it: 1000 hosts,
+   30 days, sorted by time as the store writes it): median / p95 ms, goal <= 50 ms median.
    Reference: the bare SQL group-by for that host-hour (no classification, attribution, folding).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import http.client
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -36,11 +46,19 @@ sys.path.insert(0, str(ROOT))
 
 from collector.columns import FLOW_SCHEMA  # noqa: E402
 from collector.store import Store  # noqa: E402
-from hostflow.records import FLOW_FIELDS, SCHEMA_VERSION  # noqa: E402
+from hostflow.records import (  # noqa: E402
+    COLUMNS_MEDIA_TYPE,
+    FLOW_FIELDS,
+    SCHEMA_VERSION,
+    Flow,
+    encode_columns,
+    make_columns_batch,
+)
 from tests.plugins.common import free_port  # noqa: E402
 
 S = 1_000_000
 T0 = 1_700_000_000 * S
+GOAL = 1_000_000
 
 
 def arrow_flows(n: int, start: int = T0) -> pa.Table:
@@ -72,40 +90,89 @@ def arrow_flows(n: int, start: int = T0) -> pa.Table:
     return pa.Table.from_pydict({k: columns[k] for k in FLOW_FIELDS}, schema=FLOW_SCHEMA)
 
 
-def batch_body(table: pa.Table, batch_id: str) -> bytes:
-    rows = table.to_pylist()
-    flows = [[row[k] if k not in ("flow_start", "flow_end") else None for k in FLOW_FIELDS] for row in rows]
-    starts = table.column("flow_start").cast(pa.int64()).to_pylist()
-    ends = table.column("flow_end").cast(pa.int64()).to_pylist()
-    for row, start, end in zip(flows, starts, ends, strict=True):
-        row[1], row[2] = start, end
+def python_columns(table: pa.Table) -> dict[str, list]:
+    """The table as the probe holds it: Python values, times as µs integers."""
+    out = {}
+    for name in FLOW_FIELDS:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+        out[name] = column.to_pylist()
+    return out
+
+
+def json_body(table: pa.Table, batch_id: str) -> bytes:
+    columns = python_columns(table)
+    flows = [list(row) for row in zip(*(columns[k] for k in FLOW_FIELDS), strict=True)]
     return orjson.dumps(
         {"schema_version": SCHEMA_VERSION, "batch_id": batch_id, "probe_id": "bench", "sent_at": None,
          "flow_fields": list(FLOW_FIELDS), "name_fields": [], "flows": flows, "names": [], "health": {}}
     )  # fmt: skip
 
 
-def reference_insert(path: str, table: pa.Table) -> float:
-    con = duckdb.connect(path)
-    con.register("incoming", table)
+def columns_body(table: pa.Table, batch_id: str) -> bytes:
+    envelope = {"schema_version": SCHEMA_VERSION, "batch_id": batch_id, "probe_id": "bench", "sent_at": None}
+    return encode_columns(envelope, python_columns(table), None)
+
+
+def count_rows(path: Path) -> int:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM flows").fetchone()[0]
+    finally:
+        con.close()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: a figure a busy machine distorts less than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_reference(work: Path, tables: list[pa.Table]) -> tuple[float, float]:
+    path = work / f"ref{len(tables)}_{tables[0].num_rows}.duckdb"
+    con = duckdb.connect(str(path))
+    con.register("incoming", tables[0])
     con.execute("CREATE TABLE flows AS SELECT * FROM incoming LIMIT 0")
+    cpu = time.process_time()
     started = time.perf_counter()
-    con.execute("INSERT INTO flows SELECT * FROM incoming")
+    for table in tables:
+        con.execute("BEGIN TRANSACTION")
+        con.register("incoming", table)
+        con.execute("INSERT INTO flows SELECT * FROM incoming")
+        con.execute("COMMIT")
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     con.close()
-    return elapsed
+    rows = count_rows(path)
+    return rows / elapsed, cpu / rows * 1e6
 
 
-def bench_http(work: Path, batch_rows: int, batches: int) -> tuple[float, float]:
-    tables = [arrow_flows(batch_rows, T0 + k * batch_rows * 1000) for k in range(batches)]
-    bodies = [batch_body(t, f"bench:{k}") for k, t in enumerate(tables)]
+def bench_store(work: Path, tables: list[pa.Table]) -> tuple[float, float]:
+    path = work / f"store{len(tables)}_{tables[0].num_rows}.duckdb"
+    store = Store(str(path))
+    cpu = time.process_time()
+    started = time.perf_counter()
+    for k, table in enumerate(tables):
+        store.ingest_columns(f"bench:{k}", "probe", table, probe_id="bench")
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    store.close()
+    rows = count_rows(path)
+    return rows / elapsed, cpu / rows * 1e6
+
+
+def bench_http(
+    work: Path, bodies: list[bytes], media_type: str, senders: int, label: str
+) -> tuple[float, float]:
     port = free_port()
-    db = work / f"http{batch_rows}.duckdb"
+    db = work / f"http-{label}.duckdb"
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "serve", "--db", str(db), "--http-port", str(port), "--netflow-port", "0",
          "--ipfix-port", "0", "--token", "bench-token=bench", "--max-body", str(1 << 30), "--log-level", "warning"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )  # fmt: skip
+    failures: list[str] = []
     try:
         for _ in range(300):
             try:
@@ -113,36 +180,49 @@ def bench_http(work: Path, batch_rows: int, batches: int) -> tuple[float, float]
                 break
             except OSError:
                 time.sleep(0.1)
+        headers = {"Authorization": "Bearer bench-token", "Content-Type": media_type}
+
+        def send(share: list[bytes]) -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+            try:
+                for body in share:
+                    connection.request("POST", "/api/v1/batches", body, headers)
+                    answer = connection.getresponse()
+                    reply = answer.read()
+                    if answer.status != 200 or json.loads(reply)["duplicate"]:
+                        failures.append(f"{answer.status} {reply[:200]!r}")
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=send, args=(bodies[k::senders],)) for k in range(senders)]
+        cpu = process_cpu(proc.pid)
         started = time.perf_counter()
-        for body in bodies:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/v1/batches", data=body,
-                headers={"Authorization": "Bearer bench-token", "Content-Type": "application/json"},
-            )  # fmt: skip
-            with urllib.request.urlopen(request, timeout=600) as answer:
-                reply = json.loads(answer.read())
-                assert reply["flows"] == batch_rows, reply
-        ours = batch_rows * batches / (time.perf_counter() - started)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        cpu = process_cpu(proc.pid) - cpu
     finally:
         proc.terminate()
         proc.wait()
-    reference = (
-        batch_rows
-        * batches
-        / sum(reference_insert(str(work / f"ref{batch_rows}_{k}.duckdb"), t) for k, t in enumerate(tables))
-    )
-    return ours, reference
+    if failures:
+        raise SystemExit(f"{label}: {len(failures)} batch(es) failed, first: {failures[0]}")
+    rows = count_rows(db)
+    return rows / elapsed, cpu / rows * 1e6
 
 
-def bench_columns(work: Path, rows: int) -> tuple[float, float]:
-    table = arrow_flows(rows)
-    store = Store(str(work / "columns.duckdb"))
+def bench_encoder(rows: int) -> tuple[float, int]:
+    flows = [
+        Flow("pi-lab-1", T0 + i, T0 + i + 500, 4, 6 if i % 3 else 17, f"10.0.{i // 250 % 4}.{i % 250 + 1}",
+             1024 + i % 60000, f"198.51.{i % 20}.{i % 250 + 1}", 443, 1 + i % 50, 60 + i % 1500, 0x1B, 0, 0,
+             "aa:bb:cc:dd:ee:ff", "11:22:33:44:55:66", "fin", "src")
+        for i in range(rows)
+    ]  # fmt: skip
     started = time.perf_counter()
-    result = store.ingest_columns("bench:columns", "bench", table)
-    ours = rows / (time.perf_counter() - started)
-    store.close()
-    assert result.flows == rows
-    return ours, rows / reference_insert(str(work / "ref_columns.duckdb"), table)
+    body = make_columns_batch("pi-lab-1", "pi-lab-1:1", flows, [])
+    packed = gzip.compress(body, compresslevel=1)
+    return rows / (time.perf_counter() - started), len(packed)
 
 
 def generate(store: Store, rows: int) -> None:
@@ -196,37 +276,58 @@ def bench_query(work: Path, rows: int, repeats: int, db: str | None) -> tuple[li
     return ours, reference
 
 
+def row(label: str, ours: tuple[float, float], reference: tuple[float, float]) -> None:
+    (rate, cpu), (ref_rate, ref_cpu) = ours, reference
+    print(f"{label:52} {rate:12,.0f} {ref_rate:14,.0f} {rate / ref_rate:6.2f} {rate / GOAL:8.2f} {cpu:9.2f} "
+          f"{ref_cpu:9.2f}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-rows", default="10000,100000", help="batch sizes (comma-separated)")
+    parser.add_argument("--senders", default="1,4", help="concurrent HTTP senders (comma-separated)")
+    parser.add_argument("--total", type=int, default=1_000_000, help="rows sent per measurement")
+    parser.add_argument("--encoder-rows", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=100_000_000, help="rows of the generated query table")
-    parser.add_argument(
-        "--batch-rows",
-        default="5000,100000",
-        help="HTTP batch sizes (comma-separated), each sent --batch-total rows",
-    )
-    parser.add_argument("--batch-total", type=int, default=500_000)
-    parser.add_argument("--column-rows", type=int, default=2_000_000)
+    parser.add_argument("--no-query", action="store_true", help="skip the host_peers latency part")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--dir", help="work directory (default: a temporary one; needs ~10 GB for 100M rows)")
     parser.add_argument("--db", help="keep the generated query table in this file and reuse it on later runs")
     args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
-        print(f"{'measure':44} {'hostflow':>14} {'bare DuckDB':>14} {'ratio':>7}")
-        for batch_rows in (int(v) for v in args.batch_rows.split(",")):
-            ours, ref = bench_http(work, batch_rows, max(1, args.batch_total // batch_rows))
-            label = f"HTTP ingest, {batch_rows:,}-row batches, rows/s"
-            print(f"{label:44} {ours:14,.0f} {ref:14,.0f} {ours / ref:7.2f}", flush=True)
-        ours, ref = bench_columns(work, args.column_rows)
+        rate, size = bench_encoder(args.encoder_rows)
+        print(f"probe encoder (Flow records → gzip'd columnar body): {rate:,.0f} rows/s, {size / args.encoder_rows:.1f} "
+              "bytes/row", flush=True)  # fmt: skip
         print(
-            f"{'Store.ingest_columns, rows/s (goal 1M)':44} {ours:14,.0f} {ref:14,.0f} {ours / ref:7.2f}",
-            flush=True,
+            f"{'rows/s of probe-batch ingest':52} {'hostflow':>12} {'DuckDB INSERT':>14} {'ratio':>6} {'of goal':>8} "
+            f"{'CPU s/1M':>9} {'ref CPU':>9}"
         )
+        for batch_rows in (int(v) for v in args.batch_rows.split(",")):
+            count = max(1, args.total // batch_rows)
+            tables = [arrow_flows(batch_rows, T0 + k * batch_rows * 1000) for k in range(count)]
+            reference = bench_reference(work, tables)
+            row(f"DuckDB INSERT from Arrow, {batch_rows:,}-row batches", reference, reference)
+            row(f"Store.ingest_columns, {batch_rows:,}-row batches", bench_store(work, tables), reference)
+            for name, media_type, build in (
+                ("JSON", "application/json", json_body),
+                ("columnar", COLUMNS_MEDIA_TYPE, columns_body),
+            ):
+                bodies = [build(t, f"bench:{k}") for k, t in enumerate(tables)]
+                for senders in (int(v) for v in args.senders.split(",")):
+                    label = f"HTTP {name}, {batch_rows:,}-row batches, {senders} sender(s)"
+                    ours = bench_http(work, bodies, media_type, senders, f"{name}{batch_rows}x{senders}")
+                    row(label, ours, reference)
+                del bodies
+        print(f"load average {os.getloadavg()[0]:.1f} at the end of the ingest part", flush=True)
+        if args.no_query:
+            return
         ours_ms, ref_ms = bench_query(work, args.rows, args.repeats, args.db)
         for label, pick in (("median", statistics.median), ("p95", lambda v: float(np.percentile(v, 95)))):
             a, b = pick(ours_ms), pick(ref_ms)
             print(
-                f"{f'host_peers host-hour {label} ms, {args.rows:,} rows':44} {a:14.1f} {b:14.1f} {a / b:7.2f}"
+                f"{f'host_peers host-hour {label} ms, {args.rows:,} rows':52} {a:14.1f} {b:14.1f} {a / b:7.2f}"
             )
 
 

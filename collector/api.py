@@ -23,10 +23,19 @@ from starlette.routing import Route
 
 from collector import queries
 from collector.attribution import Rules
-from collector.columns import table_from_rows
+from collector.columns import table_from_rows, tables_from_columns
 from collector.config import Config
 from collector.metrics import Metrics
-from hostflow.records import FLOW_FIELDS, NAME_FIELDS, SCHEMA_VERSION, ContractError
+from collector.store import BatchItem
+from hostflow.records import (
+    COLUMNS_MEDIA_TYPE,
+    FLOW_FIELDS,
+    NAME_FIELDS,
+    SCHEMA_VERSION,
+    ColumnsError,
+    ContractError,
+    read_columns_header,
+)
 
 log = logging.getLogger("collector.api")
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -49,6 +58,65 @@ class ApiState:
     metrics: Metrics
     started: float = field(default_factory=time.time)
     queue_depth: Callable[[], int] = lambda: 0
+
+
+class GroupCommit:
+    """Batches that arrive while the writer is busy are stored together, in one transaction, as soon
+    as it is free (group commit): a lone batch waits for nobody, and under load DuckDB gets fewer,
+    larger inserts. Runs on the event loop; the store call runs on the writer thread."""
+
+    def __init__(
+        self,
+        store: Any,
+        submit: Callable[[Callable[[], Any]], Any],
+        metrics: Metrics | None = None,
+        max_rows: int = 1_000_000,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.submit = submit
+        self.max_rows = max_rows
+        self._waiting: list[tuple[BatchItem, asyncio.Future]] = []
+        self._busy = False
+
+    async def write(self, item: BatchItem) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if not self._busy:
+            self._start()
+        return await future
+
+    @staticmethod
+    def _rows(item: BatchItem) -> int:
+        return sum(t.num_rows for t in (item.flows, item.names) if t is not None)
+
+    def _start(self) -> None:
+        group: list[tuple[BatchItem, asyncio.Future]] = []
+        rows = 0
+        while self._waiting and (not group or rows + self._rows(self._waiting[0][0]) <= self.max_rows):
+            group.append(self._waiting.pop(0))
+            rows += self._rows(group[-1][0])
+        items = [item for item, _ in group]
+        if self.metrics is not None:
+            self.metrics.inc("write_groups_total")
+            self.metrics.inc("write_group_batches_total", len(items))
+        self._busy = True
+        done = asyncio.wrap_future(self.submit(lambda: self.store.ingest_columns_many(items)))
+        done.add_done_callback(lambda task: self._finish(group, task))
+
+    def _finish(self, group: list[tuple[BatchItem, asyncio.Future]], task: asyncio.Future) -> None:
+        self._busy = False
+        failure = task.exception() if not task.cancelled() else RuntimeError("write cancelled")
+        answers = [failure] * len(group) if failure is not None else task.result()
+        for (_, future), answer in zip(group, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        if self._waiting:
+            self._start()
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -108,6 +176,21 @@ def _parse_envelope(body: bytes, admin: bool = False) -> dict[str, Any]:
         raise HttpError(
             400, "schema_version", f"schema_version: got {version!r}, this collector accepts {SCHEMA_VERSION}"
         )
+    _check_envelope(batch, admin)
+    for key in ("flow_fields", "name_fields", "flows", "names"):
+        if not isinstance(batch.get(key, []), list):
+            raise HttpError(400, "bad_envelope", f"{key}: expected a list")
+    return batch
+
+
+def _check_probe(batch: dict[str, Any], token_probe: str | None) -> None:
+    if token_probe is not None and batch["probe_id"] != token_probe:
+        raise HttpError(
+            403, "forbidden", f"this token belongs to probe {token_probe!r}, not {batch['probe_id']!r}"
+        )
+
+
+def _check_envelope(batch: dict[str, Any], admin: bool) -> None:
     batch_id = batch.get("batch_id")
     if not isinstance(batch_id, str) or not batch_id or len(batch_id) > MAX_BATCH_ID:
         raise HttpError(400, "bad_envelope", f"batch_id: expected text of 1..{MAX_BATCH_ID} characters")
@@ -115,12 +198,27 @@ def _parse_envelope(body: bytes, admin: bool = False) -> dict[str, Any]:
         raise HttpError(400, "bad_envelope", "probe_id: expected non-empty text")
     if not isinstance(batch.get("source", ""), str):
         raise HttpError(400, "bad_envelope", "source: expected text")
-    for key in ("flow_fields", "name_fields", "flows", "names"):
-        if not isinstance(batch.get(key, []), list):
-            raise HttpError(400, "bad_envelope", f"{key}: expected a list")
     if not isinstance(batch.get("health") or {}, dict):
         raise HttpError(400, "bad_envelope", "health: expected an object")
-    return batch
+
+
+def _parse_columns(
+    body: bytes, admin: bool, token_probe: str | None
+) -> tuple[dict[str, Any], pa.Table, pa.Table]:
+    """A columnar body: the envelope (and the token's probe) is checked before any buffer is read."""
+    try:
+        header, _ = read_columns_header(body)
+    except ColumnsError as exc:
+        raise HttpError(400, exc.reason, str(exc)) from None
+    _check_envelope(header, admin)
+    _check_probe(header, token_probe)
+    try:
+        _, flows, names = tables_from_columns(body, probe_id_required=not admin)
+    except ColumnsError as exc:
+        raise HttpError(400, exc.reason, str(exc)) from None
+    except ContractError as exc:
+        raise HttpError(400, "bad_record", str(exc)) from None
+    return header, flows, names
 
 
 def _tables(batch: dict[str, Any], admin: bool = False) -> tuple[pa.Table, pa.Table]:
@@ -141,6 +239,7 @@ def build_app(state: ApiState) -> Starlette:
     config = state.config
     metrics = state.metrics
     context = queries.Context(state.store, config.intranet, Rules(config.grace_s, config.validity_s))
+    group = GroupCommit(state.store, state.submit, metrics)
 
     async def store_batch(request: Request, *, admin: bool) -> Response:
         limit = config.max_import_body if admin else config.max_body
@@ -160,14 +259,14 @@ def build_app(state: ApiState) -> Starlette:
                     )
                 token_probe = config.tokens[token]
             body = await _read_body(request, limit)
-            batch = await run_in_threadpool(_parse_envelope, body, admin)
-            if token_probe is not None and batch["probe_id"] != token_probe:
-                raise HttpError(
-                    403,
-                    "forbidden",
-                    f"this token belongs to probe {token_probe!r}, not {batch['probe_id']!r}",
-                )
-            flows, names = await run_in_threadpool(_tables, batch, admin)
+            media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+            encoding = "columns" if media_type == COLUMNS_MEDIA_TYPE else "json"
+            if media_type == COLUMNS_MEDIA_TYPE:
+                batch, flows, names = await run_in_threadpool(_parse_columns, body, admin, token_probe)
+            else:
+                batch = await run_in_threadpool(_parse_envelope, body, admin)
+                _check_probe(batch, token_probe)
+                flows, names = await run_in_threadpool(_tables, batch, admin)
         except HttpError as exc:
             metrics.inc("batches_rejected_total", reason=exc.reason)
             log.warning(
@@ -183,13 +282,10 @@ def build_app(state: ApiState) -> Starlette:
 
         source = (batch.get("source") or "import")[:200] if admin else "probe"
 
-        def write() -> Any:
-            return state.store.ingest_columns(
-                batch_id, source, flows, names, health, probe_id=batch.get("probe_id") or None
-            )
-
         try:
-            result = await asyncio.wrap_future(state.submit(write))
+            result = await group.write(
+                BatchItem(batch_id, source, flows, names, health, batch.get("probe_id") or None)
+            )
         except Exception as exc:  # the store failed: the sender keeps the batch and retries
             metrics.inc("store_errors_total")
             metrics.inc("batches_rejected_total", reason="store_unavailable")
@@ -206,8 +302,8 @@ def build_app(state: ApiState) -> Starlette:
                 newest = flows.column("flow_end").cast(pa.int64()).to_numpy().max()
                 metrics.set("ingest_lag_seconds", max(0.0, time.time() - newest / 1e6))
         log.info(
-            "event=batch_stored origin=%s probe_id=%s batch_id=%r flows=%d names=%d duplicate=%s",
-            origin, batch["probe_id"], batch_id, result.flows, result.names, result.duplicate,
+            "event=batch_stored origin=%s encoding=%s probe_id=%s batch_id=%r flows=%d names=%d duplicate=%s",
+            origin, encoding, batch["probe_id"], batch_id, result.flows, result.names, result.duplicate,
         )  # fmt: skip
         return JSONResponse(
             {

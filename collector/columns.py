@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hostflow.records import (
+    COLUMNS_MAX_ROWS,
     END_REASONS,
     FLOW_FIELDS,
     FLOW_TYPES,
@@ -25,9 +26,11 @@ from hostflow.records import (
     NAME_FIELDS,
     NAME_SOURCES,
     NAME_TYPES,
+    ColumnsError,
     ContractError,
     Flow,
     Name,
+    read_columns_layout,
     to_us,
 )
 
@@ -146,36 +149,36 @@ def _string_column(kind: str, field: str, values: Sequence[Any], required: bool)
         if required:
             raise _first_bad(kind, field, values, lambda v: "missing value" if v is None else None)
         array = pc.fill_null(array, "")
-    if field in ADDRESS_FIELDS or field in ENUMS:
-        if field in ENUMS:
-            distinct = pc.unique(array).to_pylist()
-            allowed = ENUMS[field]
-            bad = {v for v in distinct if v not in allowed}
-            if bad:
-                raise _first_bad(kind, field, values, lambda v: f"unknown value {v!r}" if v in bad else None)
-        else:
-            mapping = {}
-            unique = pc.unique(array)
-            plain = pc.match_substring_regex(unique, _CANONICAL_V4)
-            distinct = pc.filter(unique, pc.invert(plain)).to_pylist()
-            for value in distinct:
-                if value == "" and field == "client_addr":
-                    continue
-                canonical = _canonical_address(value)
-                if canonical is None:
-                    raise _first_bad(
-                        kind,
-                        field,
-                        values,
-                        lambda v, bad=value: f"not an IP address: {v!r}" if v == bad else None,
-                    )
-                if canonical != value:
-                    mapping[value] = canonical
-            if mapping:
-                old = pa.array(list(mapping), pa.string())
-                new = pa.array(list(mapping.values()), pa.string())
-                index = pc.index_in(array, old)
-                array = pc.if_else(pc.is_null(index), array, pc.take(new, index))
+    return _check_text(kind, field, array)
+
+
+def _check_text(kind: str, field: str, array: pa.Array) -> pa.Array:
+    """Enumerations must hold a known value; addresses must parse, and are put in canonical form.
+    Works on the distinct values, so a column of a million repeats costs one pass."""
+    if field not in ADDRESS_FIELDS and field not in ENUMS:
+        return array
+    unique = pc.unique(array)  # in order of first appearance: the first bad one names the first bad row
+    if field in ENUMS:
+        allowed = ENUMS[field]
+        for value in unique.to_pylist():
+            if value not in allowed:
+                raise _fail(kind, pc.index(array, value).as_py(), field, f"unknown value {value!r}")
+        return array
+    mapping = {}
+    plain = pc.match_substring_regex(unique, _CANONICAL_V4)
+    for value in pc.filter(unique, pc.invert(plain)).to_pylist():
+        if value == "" and field == "client_addr":
+            continue
+        canonical = _canonical_address(value)
+        if canonical is None:
+            raise _fail(kind, pc.index(array, value).as_py(), field, f"not an IP address: {value!r}")
+        if canonical != value:
+            mapping[value] = canonical
+    if mapping:
+        old = pa.array(list(mapping), pa.string())
+        new = pa.array(list(mapping.values()), pa.string())
+        index = pc.index_in(array, old)
+        array = pc.if_else(pc.is_null(index), array, pc.take(new, index))
     return array
 
 
@@ -321,3 +324,109 @@ def conform(table: pa.Table, kind: str) -> pa.Table:
             column = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64()).cast(spec.type)
         arrays.append(column.cast(spec.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ---------------------------------------------------------------- the columnar batch encoding
+
+
+def _offsets(kind: str, field: str, what: str, buffer: pa.Buffer, limit: int) -> int:
+    """Offsets must start at or after 0, never decrease and end within ``limit``; returns the last."""
+    offsets = np.frombuffer(buffer, dtype="<i4")
+    if offsets[0] < 0 or offsets[-1] > limit or bool(np.any(offsets[1:] < offsets[:-1])):
+        if offsets[0] < 0:
+            problem = f"first offset {offsets[0]} is negative"
+        elif offsets[-1] > limit:
+            problem = f"last offset {offsets[-1]} runs past the {limit} bytes/items there are"
+        else:
+            row = int(np.argmax(offsets[1:] < offsets[:-1]))
+            problem = f"offsets decrease at row {row}"
+        raise ColumnsError(f"{kind} column {field}: {what}: {problem}")
+    return int(offsets[-1])
+
+
+def _wire_array(kind: str, column: dict[str, Any], rows: int, data: pa.Buffer) -> pa.Array:
+    """One column's buffers → an Arrow array over the body's memory (no copy), checked in bulk."""
+    field, sql_type = column["name"], column["type"]
+
+    def buffer(index: int) -> pa.Buffer | None:
+        span = column["buffers"][index]
+        return None if span is None else data.slice(span[0], span[1])
+
+    validity = buffer(0)
+    try:
+        if sql_type == "VARCHAR":
+            _offsets(kind, field, "offsets", buffer(1), buffer(2).size)
+            array = pa.Array.from_buffers(pa.string(), rows, [validity, buffer(1), buffer(2)])
+        elif sql_type == "VARCHAR[]":
+            items = _offsets(kind, field, "offsets", buffer(1), COLUMNS_MAX_ROWS * 64)
+            if buffer(2).size != (items + 1) * 4:
+                raise ColumnsError(
+                    f"{kind} column {field}: item offsets of {buffer(2).size} bytes, expected {(items + 1) * 4}"
+                )
+            _offsets(kind, field, "item offsets", buffer(2), buffer(3).size)
+            child = pa.Array.from_buffers(pa.string(), items, [None, buffer(2), buffer(3)])
+            array = pa.Array.from_buffers(
+                pa.list_(pa.string()), rows, [validity, buffer(1)], children=[child]
+            )
+        else:
+            array = pa.Array.from_buffers(ARROW_TYPES[sql_type], rows, [validity, buffer(1)])
+        array.validate(full=True)  # utf-8 of every text value, and the bounds once more
+    except pa.ArrowInvalid as exc:
+        raise ColumnsError(
+            f"{kind} column {field}: {exc}", "bad_utf8" if "UTF8" in str(exc) else "bad_columns"
+        ) from None
+    if array.null_count != column.get("nulls", 0):
+        raise ColumnsError(
+            f"{kind} column {field}: declares {column.get('nulls', 0)} nulls, its bitmap has {array.null_count}"
+        )
+    return array
+
+
+def _contract_array(kind: str, field: str, sql_type: str, array: pa.Array, required: bool) -> pa.Array:
+    """The JSON path's rules, on an Arrow array: required fields have no nulls, the rest get defaults."""
+    if array.null_count and (required or sql_type == "TIMESTAMP"):
+        row = pc.index(pc.is_null(array), True).as_py()
+        raise _fail(kind, row, field, "missing value")
+    if sql_type == "UBIGINT" and len(array) and (pc.max(array).as_py() or 0) > INT_LIMITS[sql_type]:
+        row = pc.index(pc.greater(array, pa.scalar(INT_LIMITS[sql_type], array.type)), True).as_py()
+        raise _fail(kind, row, field, f"{array[row].as_py()} is out of range 0..{INT_LIMITS[sql_type]}")
+    if sql_type == "VARCHAR[]":
+        if array.null_count:
+            array = pa.array([v if v is not None else [] for v in array.to_pylist()], pa.list_(pa.string()))
+        if array.values.null_count:
+            raise ColumnsError(f"{kind} column {field}: a list item is null")
+        return array
+    if array.null_count:
+        array = pc.fill_null(array, "" if sql_type == "VARCHAR" else 0)
+    if sql_type == "VARCHAR":
+        array = _check_text(kind, field, array)
+    return array
+
+
+def tables_from_columns(
+    body: bytes, probe_id_required: bool = True, layout: tuple[dict[str, Any], int] | None = None
+) -> tuple[dict[str, Any], pa.Table, pa.Table]:
+    """A columnar batch body (hostflow.records.encode_columns) → (header, flows, names) in the
+    contract's schema. The arrays point into ``body``; nothing is copied unless a value needs
+    fixing (a default for a null, a canonical address). Raises ContractError / ColumnsError."""
+    header, start = layout or read_columns_layout(body)
+    probe_id = header.get("probe_id") if probe_id_required else None
+    data = pa.py_buffer(body).slice(start)
+    tables = []
+    for kind, types, required, schema in (
+        ("flow", FLOW_TYPES, FLOW_REQUIRED, FLOW_SCHEMA),
+        ("name", NAME_TYPES, NAME_REQUIRED, NAME_SCHEMA),
+    ):
+        section = header[f"{kind}s"]
+        if not section["rows"]:
+            tables.append(schema.empty_table())
+            continue
+        by_name = {column["name"]: column for column in section["columns"]}
+        arrays = [
+            _contract_array(kind, field, sql_type, _wire_array(kind, by_name[field], section["rows"], data),
+                            field in required)
+            for field, sql_type in types.items()
+        ]  # fmt: skip
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        tables.append(_check_table(kind, table, probe_id if isinstance(probe_id, str) else None))
+    return header, tables[0], tables[1]

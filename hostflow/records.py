@@ -18,10 +18,15 @@ Conventions (see docs/CONTRACT.md for the wire formats built on them):
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import datetime as _dt
+import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate, chain, pairwise
+from operator import attrgetter
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -338,3 +343,334 @@ def make_batch(
         "names": [name_row(n) for n in names],
         "health": health or {},
     }
+
+
+# ---------------------------------------------------------------- the columnar batch encoding
+#
+# application/vnd.hostflow.columns+v1 (docs/CONTRACT.md): MAGIC, a little-endian uint32 header
+# length, the JSON header (the batch envelope plus, per section, its row count and per column
+# name, type, null count and buffer [offset, length] pairs), zero padding to a multiple of 8, then
+# the buffers, each 8-byte aligned, laid out as Arrow lays out the column's type. Written with the
+# standard library's ``array`` (the probe has no pyarrow); the collector wraps the buffers zero-copy.
+
+COLUMNS_MEDIA_TYPE = "application/vnd.hostflow.columns+v1"
+COLUMNS_MAGIC = b"HFC1"
+COLUMNS_MAX_ROWS = 50_000_000  # per section; more is refused before any buffer is read
+
+# type → (array typecode size, buffers after the validity bitmap)
+_FIXED_WIDTH = {"TIMESTAMP": 8, "UTINYINT": 1, "USMALLINT": 2, "UINTEGER": 4, "UBIGINT": 8}
+_SIGNED = {"TIMESTAMP"}
+_BUFFER_NAMES = {"VARCHAR": ("offsets", "data"), "VARCHAR[]": ("offsets", "item_offsets", "item_data")}
+
+
+def _typecode(size: int, signed: bool) -> str:
+    for code in "bhilq" if signed else "BHILQ":
+        if array.array(code).itemsize == size:
+            return code
+    raise RuntimeError(f"no array typecode of {size} bytes")
+
+
+def _le(values: Any) -> bytes:
+    if sys.byteorder != "little":
+        values = values.__copy__()
+        values.byteswap()
+    return values.tobytes()
+
+
+class ColumnsError(ContractError):
+    """A columnar batch body that breaks the layout; ``reason`` is its short label."""
+
+    def __init__(self, message: str, reason: str = "bad_columns") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _strings(values: list[str]) -> tuple[bytes, bytes]:
+    """Text values → (int32 offsets, utf-8 data), without a per-value Python loop for ASCII."""
+    joined = "".join(values)
+    if joined.isascii():
+        data = joined.encode("ascii")
+        lengths: Iterable[int] = map(len, values)
+    else:
+        # a lone surrogate (undecodable bytes seen on the wire) becomes "?" rather than a refused batch
+        encoded = [value.encode("utf-8", "replace") for value in values]
+        data = b"".join(encoded)
+        lengths = map(len, encoded)
+    if len(data) >= 2**31:
+        raise ContractError("a text column holds 2 GiB or more: send smaller batches")
+    offsets = array.array(_typecode(4, True), accumulate(lengths, initial=0))
+    return _le(offsets), data
+
+
+def _encode_column(kind: str, name: str, sql_type: str, values: list[Any]) -> tuple[list[bytes | None], int]:
+    try:
+        return _encode_values(sql_type, values, None), 0
+    except TypeError:
+        if None not in values:  # only looked for when the fast path failed: a scan per column costs
+            raise ContractError(f"{kind} column {name}: a value is not of type {sql_type}") from None
+    except OverflowError as exc:
+        raise ContractError(f"{kind} column {name}: a value does not fit {sql_type}: {exc}") from None
+    present = [value is not None for value in values]
+    bits = bytearray((len(values) + 7) // 8)
+    for index, flag in enumerate(present):
+        if flag:
+            bits[index >> 3] |= 1 << (index & 7)
+    filler: Any = "" if sql_type == "VARCHAR" else ([] if sql_type == "VARCHAR[]" else 0)
+    filled = [filler if value is None else value for value in values]
+    try:
+        return _encode_values(sql_type, filled, bytes(bits)), len(values) - sum(present)
+    except (OverflowError, TypeError) as exc:
+        raise ContractError(f"{kind} column {name}: cannot be written as {sql_type}: {exc}") from None
+
+
+def _encode_values(sql_type: str, values: list[Any], validity: bytes | None) -> list[bytes | None]:
+    if sql_type in _FIXED_WIDTH:
+        return [validity, _le(array.array(_typecode(_FIXED_WIDTH[sql_type], sql_type in _SIGNED), values))]
+    if sql_type == "VARCHAR":
+        return [validity, *_strings(values)]
+    if sql_type == "VARCHAR[]":
+        counts = array.array(_typecode(4, True), accumulate(map(len, values), initial=0))
+        items = list(chain.from_iterable(values))
+        if not all(isinstance(item, str) for item in items):
+            raise TypeError("a list item is not text")
+        return [validity, _le(counts), *_strings(items)]
+    raise ContractError(f"unknown column type {sql_type}")
+
+
+def encode_columns(
+    envelope: dict[str, Any],
+    flow_columns: dict[str, list[Any]] | None,
+    name_columns: dict[str, list[Any]] | None,
+) -> bytes:
+    """A columnar batch body. ``envelope``: schema_version, batch_id, probe_id, sent_at, health
+    (and source for an import); ``*_columns``: one list per field of FLOW_FIELDS / NAME_FIELDS,
+    None for a null. Raises ContractError for a value its column type cannot hold."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def place(data: bytes | None) -> list[int] | None:
+        nonlocal size
+        if data is None:
+            return None
+        span = [size, len(data)]
+        chunks.append(data)
+        size += len(data)
+        if size % 8:
+            chunks.append(bytes(8 - size % 8))
+            size += 8 - size % 8
+        return span
+
+    header = {key: envelope.get(key) for key in ("schema_version", "batch_id", "probe_id", "sent_at")}
+    header["health"] = envelope.get("health") or {}
+    if "source" in envelope:
+        header["source"] = envelope["source"]
+    for kind, fields, types, columns in (
+        ("flow", FLOW_FIELDS, FLOW_TYPES, flow_columns),
+        ("name", NAME_FIELDS, NAME_TYPES, name_columns),
+    ):
+        columns = columns or {field: [] for field in fields}
+        rows = len(columns[fields[0]])
+        described = []
+        for field_name in fields:
+            values = columns[field_name]
+            if not isinstance(values, list):
+                values = list(values)
+            if len(values) != rows:
+                raise ContractError(f"{kind} column {field_name}: {len(values)} values, expected {rows}")
+            buffers, nulls = _encode_column(kind, field_name, types[field_name], values)
+            described.append(
+                {"name": field_name, "type": types[field_name], "nulls": nulls,
+                 "buffers": [place(buffer) for buffer in buffers]}
+            )  # fmt: skip
+        header[f"{kind}s"] = {"rows": rows, "columns": described}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    prefix = COLUMNS_MAGIC + len(head).to_bytes(4, "little") + head
+    prefix += bytes(-len(prefix) % 8)
+    return b"".join([prefix, *chunks])
+
+
+def record_columns(records: Iterable[Flow] | Iterable[Name], fields: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Records → one list per field (what encode_columns takes)."""
+    records = list(records)
+    return {field_name: list(map(attrgetter(field_name), records)) for field_name in fields}
+
+
+def make_columns_batch(
+    probe_id: str,
+    batch_id: str,
+    flows: Iterable[Flow],
+    names: Iterable[Name],
+    health: dict[str, Any] | None = None,
+    sent_at: int | None = None,
+) -> bytes:
+    """make_batch's twin in the columnar encoding: the body the probe POSTs."""
+    envelope = {"schema_version": SCHEMA_VERSION, "batch_id": batch_id, "probe_id": probe_id,
+                "sent_at": sent_at, "health": health or {}}  # fmt: skip
+    return encode_columns(envelope, record_columns(flows, FLOW_FIELDS), record_columns(names, NAME_FIELDS))
+
+
+def read_columns_header(body: bytes | memoryview) -> tuple[dict[str, Any], int]:
+    """A columnar body's magic, JSON header and schema version only (enough to check the envelope
+    and the sender before any buffer is looked at). Returns (header, offset of the data region)."""
+    view = memoryview(body)
+    if len(view) < 8 or bytes(view[:4]) != COLUMNS_MAGIC:
+        raise ColumnsError(f"not a {COLUMNS_MEDIA_TYPE} body (it must start with {COLUMNS_MAGIC!r})")
+    head_len = int.from_bytes(view[4:8], "little")
+    if head_len > len(view) - 8:
+        raise ColumnsError(f"header length {head_len} runs past the end of the {len(view)}-byte body")
+    try:
+        header = json.loads(bytes(view[8 : 8 + head_len]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ColumnsError(f"header is not valid JSON: {exc}", "bad_header") from None
+    if not isinstance(header, dict):
+        raise ColumnsError("header must be a JSON object", "bad_header")
+    if header.get("schema_version") != SCHEMA_VERSION:
+        raise ColumnsError(
+            f"schema_version: got {header.get('schema_version')!r}, this collector accepts {SCHEMA_VERSION}",
+            "schema_version",
+        )
+    start = 8 + head_len + (-(8 + head_len) % 8)
+    if start > len(view):
+        raise ColumnsError("body ends inside the header padding")
+    return header, start
+
+
+def read_columns_layout(body: bytes | memoryview) -> tuple[dict[str, Any], int]:
+    """Check a columnar body's structure: magic, header, section and column lists, every buffer's
+    bounds and exact length (not the contents of offset buffers: callers check those in bulk).
+    Returns (header, offset of the data region). Raises ColumnsError."""
+    header, start = read_columns_header(body)
+    view = memoryview(body)
+    data_size = len(view) - start
+    for kind, fields, types in (("flow", FLOW_FIELDS, FLOW_TYPES), ("name", NAME_FIELDS, NAME_TYPES)):
+        section = header.get(f"{kind}s")
+        if section is None:
+            header[f"{kind}s"] = section = {"rows": 0, "columns": None}
+        if not isinstance(section, dict):
+            raise ColumnsError(f"{kind}s: expected an object with rows and columns")
+        rows = section.get("rows")
+        if type(rows) is not int or not 0 <= rows <= COLUMNS_MAX_ROWS:
+            raise ColumnsError(f"{kind}s.rows: expected an integer 0..{COLUMNS_MAX_ROWS}, got {rows!r}")
+        columns = section.get("columns")
+        if columns is None and rows == 0:
+            continue
+        if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
+            raise ColumnsError(f"{kind}s.columns: expected a list of objects")
+        named = [c.get("name") for c in columns]
+        if sorted(map(str, named)) != sorted(fields) or len(set(named)) != len(named):
+            missing = sorted(set(fields) - set(map(str, named)))
+            extra = sorted(set(map(str, named)) - set(fields))
+            raise ColumnsError(
+                f"{kind}s.columns: does not match the contract (missing {missing}, unknown {extra})"
+            )
+        for column in columns:
+            _check_column(kind, column, types[column["name"]], rows, view, start, data_size)
+    return header, start
+
+
+def _span(kind: str, column: dict[str, Any], index: int, data_size: int) -> tuple[int, int] | None:
+    spans = column["buffers"]
+    if index >= len(spans):
+        raise ColumnsError(f"{kind} column {column['name']}: buffer {index} missing")
+    span = spans[index]
+    if span is None:
+        return None
+    if not isinstance(span, list) or len(span) != 2 or any(type(v) is not int or v < 0 for v in span):
+        raise ColumnsError(f"{kind} column {column['name']}: buffer {index}: expected [offset, length]")
+    offset, length = span
+    if offset % 8:
+        raise ColumnsError(f"{kind} column {column['name']}: buffer {index} is not 8-byte aligned")
+    if offset + length > data_size:
+        raise ColumnsError(
+            f"{kind} column {column['name']}: buffer {index} ({offset}+{length}) runs past the end of "
+            f"the {data_size}-byte data"
+        )
+    return offset, length
+
+
+def _check_column(
+    kind: str, column: dict[str, Any], sql_type: str, rows: int, view: memoryview, start: int, data_size: int
+) -> None:
+    name = column["name"]
+    if column.get("type") != sql_type:
+        raise ColumnsError(f"{kind} column {name}: type {column.get('type')!r}, the contract says {sql_type}")
+    nulls = column.get("nulls", 0)
+    if type(nulls) is not int or not 0 <= nulls <= rows:
+        raise ColumnsError(f"{kind} column {name}: nulls: expected an integer 0..{rows}")
+    expected = 2 if sql_type in _FIXED_WIDTH else 1 + len(_BUFFER_NAMES[sql_type])
+    if not isinstance(column.get("buffers"), list) or len(column["buffers"]) != expected:
+        raise ColumnsError(f"{kind} column {name}: expected {expected} buffers for {sql_type}")
+    validity = _span(kind, column, 0, data_size)
+    if validity is None and nulls:
+        raise ColumnsError(f"{kind} column {name}: {nulls} nulls but no validity bitmap")
+    if validity is not None and validity[1] != (rows + 7) // 8:
+        raise ColumnsError(
+            f"{kind} column {name}: validity bitmap of {validity[1]} bytes, expected {(rows + 7) // 8}"
+        )
+    required = [(1, rows * _FIXED_WIDTH[sql_type])] if sql_type in _FIXED_WIDTH else [(1, (rows + 1) * 4)]
+    if sql_type == "VARCHAR[]":
+        required.append((2, None))  # item offsets: (items + 1) * 4, items from the last list offset
+    for index, length in required:
+        span = _span(kind, column, index, data_size)
+        if span is None:
+            raise ColumnsError(f"{kind} column {name}: buffer {index} missing")
+        if length is not None and span[1] != length:
+            raise ColumnsError(f"{kind} column {name}: buffer {index} of {span[1]} bytes, expected {length}")
+    for index in range(1, expected):
+        if _span(kind, column, index, data_size) is None:
+            raise ColumnsError(f"{kind} column {name}: buffer {index} missing")
+
+
+def decode_columns(body: bytes) -> dict[str, Any]:
+    """A columnar body → the make_batch dict (rows as lists), with the standard library only: the
+    probe splits a batch the collector found too large with it. Raises ColumnsError."""
+    header, start = read_columns_layout(body)
+    data = memoryview(body)[start:]
+    batch: dict[str, Any] = {k: v for k, v in header.items() if k not in ("flows", "names")}
+    for kind, fields, types in (("flow", FLOW_FIELDS, FLOW_TYPES), ("name", NAME_FIELDS, NAME_TYPES)):
+        section = header[f"{kind}s"]
+        rows = section["rows"]
+        by_name = {column["name"]: column for column in section["columns"] or []}
+        columns = [_decode_column(kind, by_name[f], types[f], rows, data) if rows else [] for f in fields]
+        batch[f"{kind}_fields"] = list(fields)
+        batch[f"{kind}s"] = [list(row) for row in zip(*columns, strict=True)] if rows else []
+    return batch
+
+
+def _decode_column(
+    kind: str, column: dict[str, Any], sql_type: str, rows: int, data: memoryview
+) -> list[Any]:
+    def buffer(index: int) -> memoryview:
+        offset, length = column["buffers"][index]
+        return data[offset : offset + length]
+
+    def numbers(index: int, size: int, signed: bool) -> list[int]:
+        values = array.array(_typecode(size, signed))
+        values.frombytes(buffer(index))
+        if sys.byteorder != "little":
+            values.byteswap()
+        return values.tolist()
+
+    def texts(offsets: list[int], raw: memoryview, what: str) -> list[str]:
+        if offsets[0] < 0 or offsets[-1] > len(raw) or any(a > b for a, b in pairwise(offsets)):
+            raise ColumnsError(f"{kind} column {column['name']}: {what} out of order or out of bounds")
+        try:
+            return [bytes(raw[a:b]).decode() for a, b in pairwise(offsets)]
+        except UnicodeDecodeError as exc:
+            raise ColumnsError(f"{kind} column {column['name']}: {exc}", "bad_utf8") from None
+
+    if sql_type in _FIXED_WIDTH:
+        values: list[Any] = numbers(1, _FIXED_WIDTH[sql_type], sql_type in _SIGNED)
+    elif sql_type == "VARCHAR":
+        values = texts(numbers(1, 4, True), buffer(2), "offsets")
+    else:
+        bounds = numbers(1, 4, True)
+        items = numbers(2, 4, True)
+        if bounds[0] < 0 or bounds[-1] + 1 != len(items) or any(a > b for a, b in pairwise(bounds)):
+            raise ColumnsError(f"{kind} column {column['name']}: list offsets out of order or out of bounds")
+        flat = texts(items, buffer(3), "item offsets")
+        values = [flat[a:b] for a, b in pairwise(bounds)]
+    if column["buffers"][0] is not None:
+        bits = buffer(0)
+        values = [v if bits[i >> 3] >> (i & 7) & 1 else None for i, v in enumerate(values)]
+    return values

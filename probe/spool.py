@@ -4,7 +4,8 @@ Layout of the spool directory::
 
     sequence                 next batch sequence number (text)
     lock                     held (flock) by the one probe using this spool
-    000000000042.json.gz     a batch body exactly as it is POSTed (gzip'd JSON)
+    000000000042.hfc1.gz     a batch body exactly as it is POSTed: the columnar encoding, gzip'd
+    000000000041.json.gz     ... or gzip'd JSON (written by older probes; still sent as JSON)
     quarantine/              batches the collector refused (4xx), each with a .reason file beside
 
 Writes go to a temporary name, are fsync'd, then renamed with ``os.replace`` and the directory
@@ -24,8 +25,10 @@ from pathlib import Path
 
 log = logging.getLogger("hostflow.probe.spool")
 
-BATCH_SUFFIX = ".json.gz"
-_BATCH_NAME = re.compile(r"^(\d{12,})\.json\.gz$")
+BATCH_SUFFIX = ".json.gz"  # gzip'd JSON batch
+COLUMNS_SUFFIX = ".hfc1.gz"  # gzip'd application/vnd.hostflow.columns+v1 batch
+SUFFIXES = (BATCH_SUFFIX, COLUMNS_SUFFIX)
+_BATCH_NAME = re.compile(r"^(\d{12,})(\.json\.gz|\.hfc1\.gz)$")
 
 
 class SpoolError(RuntimeError):
@@ -37,6 +40,10 @@ class SpooledBatch:
     seq: int
     path: Path
     size: int
+
+    @property
+    def columnar(self) -> bool:
+        return self.path.name.endswith(COLUMNS_SUFFIX)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -95,12 +102,19 @@ class Spool:
                 tmp.unlink(missing_ok=True)
 
     def _scan(self) -> list[SpooledBatch]:
-        found = []
-        for path in self.directory.iterdir():
+        found: dict[int, SpooledBatch] = {}
+        for path in sorted(self.directory.iterdir()):
             match = _BATCH_NAME.match(path.name)
             if match:
-                found.append(SpooledBatch(int(match.group(1)), path, path.stat().st_size))
-        return sorted(found, key=lambda b: b.seq)
+                seq = int(match.group(1))
+                if seq in found:  # a power cut inside replace(): both formats; keep the JSON one
+                    stale = found[seq] if path.name.endswith(BATCH_SUFFIX) else None
+                    if stale is None:
+                        path.unlink(missing_ok=True)
+                        continue
+                    stale.path.unlink(missing_ok=True)
+                found[seq] = SpooledBatch(seq, path, path.stat().st_size)
+        return sorted(found.values(), key=lambda b: b.seq)
 
     def _initial_seq(self) -> int:
         seq_file = self.directory / "sequence"
@@ -127,18 +141,33 @@ class Spool:
 
     # ------------------------------------------------------------ batches
 
-    def path_for(self, seq: int) -> Path:
-        return self.directory / f"{seq:012d}{BATCH_SUFFIX}"
+    def path_for(self, seq: int, suffix: str = BATCH_SUFFIX) -> Path:
+        if suffix not in SUFFIXES:
+            raise ValueError(f"unknown spool suffix {suffix!r}")
+        return self.directory / f"{seq:012d}{suffix}"
 
-    def put(self, seq: int, body: bytes) -> SpooledBatch:
-        """Store a batch durably; then drop the oldest batches while the spool is over its bound."""
-        path = self.path_for(seq)
+    def put(self, seq: int, body: bytes, suffix: str = BATCH_SUFFIX) -> SpooledBatch:
+        """Store a batch durably; then drop the oldest batches while the spool is over its bound.
+        ``suffix`` says the body's format (BATCH_SUFFIX: gzip'd JSON, COLUMNS_SUFFIX: columnar)."""
+        path = self.path_for(seq, suffix)
         write_atomic(path, body)
         batch = SpooledBatch(seq, path, len(body))
         with self._mutex:
             self._batches[seq] = batch
             self._enforce_bound(keep=seq)
         return batch
+
+    def replace(self, batch: SpooledBatch, body: bytes, suffix: str) -> SpooledBatch:
+        """The same batch in another format: the new file is durable before the old one goes."""
+        path = self.path_for(batch.seq, suffix)
+        write_atomic(path, body)
+        replaced = SpooledBatch(batch.seq, path, len(body))
+        with self._mutex:
+            self._batches[batch.seq] = replaced
+        if batch.path != path:
+            batch.path.unlink(missing_ok=True)
+            _fsync_dir(self.directory)
+        return replaced
 
     def _enforce_bound(self, keep: int) -> None:
         total = sum(b.size for b in self._batches.values())

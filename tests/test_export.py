@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import re
@@ -18,13 +19,21 @@ import pytest
 
 import tests.plugins.collector as collector_plugin
 from hostflow import fileio
-from hostflow.records import FLOW_FIELDS, NAME_FIELDS, SCHEMA_VERSION, Flow, Name
-from probe.export import CollectorSink, ExportError, FileSink, decode_batch
+from hostflow.records import (
+    FLOW_FIELDS,
+    NAME_FIELDS,
+    SCHEMA_VERSION,
+    Flow,
+    Name,
+    make_batch,
+    make_columns_batch,
+)
+from probe.export import CollectorSink, ExportError, FileSink, decode_batch, encode_batch
 from probe.health import HEALTH_FIELDS
 from probe.options import MeterOptions
 from probe.pipeline import meter_files
 from probe.sink import MemorySink
-from probe.spool import Spool
+from probe.spool import BATCH_SUFFIX, Spool
 from tests.plugins.common import FIXTURES, ROOT, free_port
 
 IPHONE = FIXTURES / "probe" / "ndpi-iphone.pcap"
@@ -100,7 +109,7 @@ def test_every_record_is_stored_once_and_the_spool_empties(collector_server, met
     sink.set_health({"packets_captured": 500, "iface": "", "parse_errors": {"truncated": 2}})
     sink.close()
     assert sink.refusals == [] and sink.undelivered == 0
-    assert list((tmp_path / "spool").glob("*.json.gz")) == []
+    assert list((tmp_path / "spool").glob("*.hfc1.gz")) == []
     assert stored_flows(collector_server) == 90
     assert stored_names(collector_server) == 65
     ids = stored_batch_ids(collector_server)
@@ -163,7 +172,7 @@ def test_a_batch_resent_after_a_lost_answer_is_stored_once(collector_server, met
     sink = sink_for(f"http://127.0.0.1:{free_port()}", spool_dir, close_timeout=0.2)
     sink.add_flows(metered.flows)
     sink.close()
-    [path] = spool_dir.glob("*.json.gz")
+    [path] = spool_dir.glob("*.hfc1.gz")
     copy = path.read_bytes()
     sink = sink_for(collector_server.url, spool_dir)
     sink.close()
@@ -216,10 +225,10 @@ def test_refused_batches_are_quarantined_not_retried(
     sink.close()
     assert time.monotonic() - started < 5  # no retry loop
     assert len(sink.refusals) == 1 and f": {code} " in sink.refusals[0]
-    [quarantined] = (spool_dir / "quarantine").glob("*.json.gz")
+    [quarantined] = (spool_dir / "quarantine").glob("*.hfc1.gz")
     reason = quarantined.with_name(quarantined.name + ".reason").read_text()
     assert code in reason
-    assert list(spool_dir.glob("*.json.gz")) == []
+    assert list(spool_dir.glob("*.hfc1.gz")) == []
     assert stored_flows(collector_server, probe_id) == 0
     assert token not in caplog.text and token not in reason
     assert (
@@ -395,3 +404,97 @@ def test_a_full_disk_keeps_records_in_memory_until_the_spool_has_room(
         if sink is not None:
             sink.spool.close()
         subprocess.run(["umount", "--lazy", str(spool_dir)], check=True)
+
+
+# ---------------------------------------------------------------- the columnar encoding
+
+
+def test_json_batches_left_by_an_older_probe_are_sent_as_json(
+    collector_server, metered, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir)
+    seq = spool.next_seq()
+    old = make_batch(collector_plugin.PROBE_ID, f"{collector_plugin.PROBE_ID}:{seq:012d}", metered.flows[:30],
+                     metered.names[:5])  # fmt: skip
+    spool.put(seq, encode_batch(old), BATCH_SUFFIX)
+    spool.close()
+    sink = sink_for(collector_server.url, spool_dir)
+    sink.add_flows(metered.flows[30:])
+    sink.close()
+    assert sink.undelivered == 0 and sink.refusals == []
+    assert stored_flows(collector_server) == 90 and stored_names(collector_server) == 5
+    log = collector_server.log()
+    assert f"encoding=json probe_id=test-probe batch_id='test-probe:{seq:012d}' flows=30 names=5" in log
+    assert re.search(r"encoding=columns probe_id=test-probe batch_id='test-probe:\d{12}' flows=60 ", log)
+    assert list(spool_dir.glob("*.gz")) == []
+
+
+def test_a_columnar_batch_too_large_is_split_in_columnar_halves(
+    collector_factory, metered, tmp_path: Path
+) -> None:
+    body = make_columns_batch(collector_plugin.PROBE_ID, "x", metered.flows, [])
+    assert len(gzip.compress(body, compresslevel=1)) < len(body) * 6 // 10  # refused once inflated
+    collector = collector_factory(extra_args=["--max-body", str(len(body) * 6 // 10)])
+    sink = sink_for(collector.url, tmp_path / "spool", batch_flows=1000, heartbeat_seconds=3600)
+    sink.add_flows(metered.flows)
+    sink.close()
+    assert sink.refusals == [] and sink.undelivered == 0
+    assert stored_flows(collector) == 90
+    log = collector.log()
+    assert "reason=too_large" in log
+    halves = re.findall(r"encoding=(\w+) probe_id=test-probe batch_id='[^']+' flows=(\d+)", log)
+    assert len(halves) >= 2 and {e for e, _ in halves} == {"columns"}
+    assert sum(int(n) for _, n in halves) == 90
+
+
+def test_a_collector_without_the_columnar_encoding_gets_json(
+    collector_server, metered, tmp_path: Path
+) -> None:
+    """An older collector parses every body as JSON: a proxy in front of the real one answers a
+    non-JSON body exactly as the old parser did, and passes JSON through."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class OldCollector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            raw = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
+            seen.append("json" if raw[:1] == b"{" else "other")
+            if raw[:1] != b"{":
+                status, answer = (
+                    400,
+                    b'{"error": "body is not valid JSON: unexpected character: line 1 column 1 (char 0)"}',
+                )
+            else:
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                status, answer, _ = collector_server.request("POST", self.path, body, headers)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OldCollector)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sink = sink_for(f"http://127.0.0.1:{proxy.server_address[1]}", tmp_path / "spool", batch_flows=30)
+        for start in range(0, 90, 30):
+            sink.add_flows(metered.flows[start : start + 30])
+            wait_until(lambda start=start: sink.health.flows_exported == start + 30, what="the batch spooled")
+            wait_until(lambda: sink.spool.batches == 0, what="the batch delivered")
+        sink.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert sink.refusals == [] and sink.undelivered == 0 and not sink.columnar
+    assert seen[0] == "other" and "other" not in seen[1:] and len(seen) >= 4
+    assert stored_flows(collector_server) == 90
+    assert list((tmp_path / "spool" / "quarantine").iterdir()) == []

@@ -309,7 +309,7 @@ def test_read_to_the_collector(collector_server, tmp_path: Path) -> None:
     assert stored_flows(collector_server) == 90
     status, answer = collector_server.query_json("names", limit=1000)
     assert status == 200 and len(answer["rows"]) == 65
-    assert list((tmp_path / "spool" / "test-probe").glob("*.json.gz")) == []
+    assert list((tmp_path / "spool" / "test-probe").glob("*.hfc1.gz")) == []
 
 
 def test_a_refused_token_is_exit_1_and_never_printed(collector_server, tmp_path: Path) -> None:
@@ -332,7 +332,7 @@ def test_unreachable_collector_keeps_the_batches_for_the_next_run(collector_serv
         "read", str(IPHONE), *collector_args(dead, spool, "--close-timeout", "1"), cwd=tmp_path, env=env
     )
     assert_one_line_error(result, 1, "unreachable", "1 batch(es) kept in", str(spool / "test-probe"))
-    kept = list((spool / "test-probe").glob("*.json.gz"))
+    kept = list((spool / "test-probe").glob("*.hfc1.gz"))
     assert len(kept) == 1
     result = run_probe(
         "read", str(IPHONE), *collector_args(collector_server.url, spool), cwd=tmp_path, env=env

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.spool import Spool, SpoolError
+from probe.spool import BATCH_SUFFIX, COLUMNS_SUFFIX, Spool, SpoolError
 from tests.plugins.common import ROOT
 
 
@@ -138,3 +138,39 @@ def test_a_batch_is_whole_or_absent_after_kill_9(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
     assert spool.next_seq() > max(found)
     spool.close()
+
+
+def test_json_and_columnar_batches_share_one_sequence(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    first, second, third = spool.next_seq(), spool.next_seq(), spool.next_seq()
+    spool.put(second, b"columnar", COLUMNS_SUFFIX)
+    spool.put(first, b"old json", BATCH_SUFFIX)
+    spool.put(third, b"json again")
+    with pytest.raises(ValueError, match="unknown spool suffix"):
+        spool.put(third + 1, b"x", ".txt")
+    spool.close()
+    reopened = Spool(tmp_path)  # as after a restart: found on disk, oldest first, whatever the format
+    pending = reopened.pending()
+    assert [(b.seq, b.columnar, reopened.read(b)) for b in pending] == [
+        (first, False, b"old json"), (second, True, b"columnar"), (third, False, b"json again"),
+    ]  # fmt: skip
+    assert reopened.next_seq() == third + 1
+    reopened.quarantine(pending[1], "refused")
+    assert [p.name for p in (tmp_path / "quarantine").iterdir() if not p.name.endswith(".reason")] == [
+        f"{second:012d}{COLUMNS_SUFFIX}"
+    ]
+    reopened.close()
+
+
+def test_a_batch_rewritten_as_json_is_one_batch_even_after_a_power_cut(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    seq = spool.next_seq()
+    batch = spool.put(seq, b"columnar", COLUMNS_SUFFIX)
+    rewritten = spool.replace(batch, b"json", BATCH_SUFFIX)
+    assert [(b.seq, b.columnar) for b in spool.pending()] == [(seq, False)] and not batch.path.exists()
+    spool.close()
+    batch.path.write_bytes(b"columnar")  # as if the power went before the old file was removed
+    reopened = Spool(tmp_path)
+    assert [(b.seq, reopened.read(b)) for b in reopened.pending()] == [(seq, b"json")]
+    assert not batch.path.exists() and rewritten.path.exists()
+    reopened.close()
