@@ -6,6 +6,7 @@ finish the requests in flight, drain the write queue, checkpoint and close.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import gc
 import json
 import logging
@@ -17,6 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from collector.api import ApiState, build_app
 from collector.config import Config
 from collector.metrics import Metrics
 from collector.netflow import ColumnBatch
-from collector.store import Store, open_store
+from collector.store import BatchItem, Store, open_store
 from hostflow.records import Flow
 
 log = logging.getLogger("collector.server")
@@ -67,31 +69,77 @@ class Writer(threading.Thread):
         self.join()
 
 
+@dataclass(eq=False)
+class _WriteJob:
+    """One decoded flush on its way to the store."""
+
+    records: int
+    items: list[BatchItem] = field(default_factory=list)
+    done: bool = False
+
+
 class NetflowSink:
-    """Collects flows from the UDP listeners and writes them in few transactions (one flush job
-    in the queue at a time, taking everything that arrived meanwhile).
+    """Collects flows from the UDP listeners and writes them in few, large transactions.
 
-    The listeners hand over ColumnBatches (``on_batch``): the writer thread decodes them into Arrow
-    columns and stores them with ``Store.ingest_columns``, one transaction per exporter and
-    observation domain per flush. While the store is behind, up to ``max_pending`` records wait;
-    past that a batch is dropped and counted (``netflow_drops_total{reason="store_backlog"}``).
-    ``on_flows`` takes Flow lists (the per-record path)."""
+    The listeners hand over ColumnBatches (``on_batch``). They wait until ``flush_records``
+    records are pending or the oldest has waited ``flush_seconds``; then the sink's decode thread
+    takes about ``flush_records`` of them (the rest, if the store is behind, make the next flush),
+    merges them, decodes them into Arrow columns (``ColumnBatch.tables()``) and queues ONE write
+    job: ``Store.ingest_columns_many``, one transaction for every exporter and observation domain.
+    Decoding the next flush overlaps the write of this one (DuckDB releases the GIL while it
+    inserts), and the decode thread waits for that write before queueing another, so at most one
+    decoded flush waits. Few large transactions because DuckDB pays about 10 ms per commit whatever
+    its size, and an insert of a full row group (122,880 rows) or more is written straight to the
+    database file instead of the WAL, never costing a checkpoint later (measured on 1M rows, CPU
+    per row including the checkpoints: 3.6 µs in 50,000-row commits, 1.5 µs in 200,000-row ones;
+    5,000-row commits stored 32k rows/s wall, 200,000-row ones 600k/s). One second, so that from
+    200k records/s on every flush is a full 200,000 records.
 
-    def __init__(self, store: Store, writer: Writer, metrics: Metrics, max_pending: int = 2_000_000) -> None:
+    Records count as pending from hand-over until stored; past ``max_pending`` a batch is dropped
+    and counted (``netflow_drops_total{reason="store_backlog"}``). ``_flush`` (a writer job: the
+    daemon's shutdown) stores everything pending, including a flush being decoded at that moment.
+    ``on_flows`` takes Flow lists (the per-record path, tools and tests), written at once.
+    """
+
+    IDLE_EXIT = 5.0  # seconds without batches after which the decode thread ends (restarted on demand)
+
+    def __init__(
+        self,
+        store: Store,
+        writer: Writer,
+        metrics: Metrics,
+        max_pending: int = 2_000_000,
+        flush_records: int = 200_000,
+        flush_seconds: float = 1.0,
+    ) -> None:
         self.store, self.writer, self.metrics = store, writer, metrics
         self.max_pending = max_pending
+        self.flush_records = flush_records
+        self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._pending: dict[str, list[Flow]] = defaultdict(list)
+        self._flows_scheduled = False
         self._batches: list[ColumnBatch] = []
-        self._pending_records = 0
-        self._scheduled = False
+        self._batch_records = 0  # in self._batches
+        self._pending_records = 0  # handed over and not yet stored (or failed)
+        self._first_at = 0.0  # monotonic time the oldest waiting batch arrived
+        self._decoding = False
+        self._draining = False
+        self._queued: list[_WriteJob] = []  # submitted to the writer, not started
+        self._orphans: list[_WriteJob] = []  # decoded while a drain ran
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ hand-over
 
     def on_flows(self, flows: list[Flow], exporter: str) -> None:
         if not flows:
             return
         with self._lock:
             self._pending[exporter].extend(flows)
-            self._schedule()
+            if not self._flows_scheduled:
+                self._flows_scheduled = True
+                self.writer.submit(self._write_flows)
 
     def on_batch(self, batch: ColumnBatch) -> None:
         with self._lock:
@@ -99,25 +147,109 @@ class NetflowSink:
                 dropped = batch.records
             else:
                 dropped = 0
+                if not self._batches:
+                    self._first_at = time.monotonic()
                 self._batches.append(batch)
+                self._batch_records += batch.records
                 self._pending_records += batch.records
-                self._schedule()
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._decode_loop, name="netflow-decode", daemon=True
+                    )
+                    self._thread.start()
+                elif len(self._batches) == 1 or self._batch_records >= self.flush_records:
+                    self._wake.notify_all()
         if dropped:
             self.metrics.inc("netflow_drops_total", dropped, reason="store_backlog")
             log.warning("event=netflow_backlog_drop records=%d pending_limit=%d", dropped, self.max_pending)
 
-    def _schedule(self) -> None:
-        """Queue one flush job unless one is waiting (caller holds the lock)."""
-        if not self._scheduled:
-            self._scheduled = True
-            self.writer.submit(self._flush)
+    # ------------------------------------------------------------ decode thread
 
-    def _flush(self) -> None:
+    def _due_in(self) -> float:
+        """Seconds until the waiting batches are due (0: now); caller holds the lock."""
+        if self._batch_records >= self.flush_records:
+            return 0.0
+        return max(0.0, self._first_at + self.flush_seconds - time.monotonic())
+
+    def _decode_loop(self) -> None:
+        previous: _WriteJob | None = None
+        while True:
+            with self._lock:
+                idle_since = time.monotonic()
+                while self._draining or not self._batches or self._due_in() > 0:
+                    if not self._batches and time.monotonic() - idle_since > self.IDLE_EXIT:
+                        self._thread = None
+                        return
+                    self._wake.wait(
+                        self._due_in() if self._batches and not self._draining else self.IDLE_EXIT
+                    )
+                # at most about flush_records per flush, even behind: steady progress, bounded transactions
+                taken = cut = 0
+                while cut < len(self._batches) and taken < self.flush_records:
+                    taken += self._batches[cut].records
+                    cut += 1
+                batches, self._batches = self._batches[:cut], self._batches[cut:]
+                self._batch_records -= taken
+                self._decoding = True
+            job = _WriteJob(taken)
+            try:
+                job.items = self._decode(batches)
+            except Exception as exc:  # noqa: BLE001 - counted; the thread must go on
+                self._failed("-", job.records, exc)
+            with self._lock:
+                # one decoded flush waits for the store, no more; a drain takes it over
+                while previous is not None and not previous.done and not self._draining:
+                    self._wake.wait()
+                if self._draining:
+                    self._orphans.append(job)
+                else:
+                    self._queued.append(job)
+                    self.writer.submit(functools.partial(self._run_job, job))
+                    previous = job
+                self._decoding = False
+                self._wake.notify_all()
+
+    @staticmethod
+    def _decode(batches: list[ColumnBatch]) -> list[BatchItem]:
+        merged = batches[0]
+        for batch in batches[1:]:
+            merged.absorb(batch)
+        return [
+            BatchItem(None, exporter, table, probe_id=probe_id)
+            for exporter, probe_id, table in merged.tables()
+        ]
+
+    # ------------------------------------------------------------ writer jobs
+
+    def _run_job(self, job: _WriteJob) -> None:
+        with self._lock:
+            if job not in self._queued:
+                return  # a drain (_flush) wrote it already
+            self._queued.remove(job)
+        self._write(job)
+
+    def _write(self, job: _WriteJob) -> None:
+        try:
+            if job.items:
+                results = self.store.ingest_columns_many(job.items)
+                for item, result in zip(job.items, results, strict=True):
+                    if isinstance(result, Exception):
+                        self._failed(item.source, item.flows.num_rows, result)
+                    else:
+                        newest = pc.max(item.flows.column("flow_end")).cast(pa.int64()).as_py()
+                        self._stored(result.flows, newest)
+        except Exception as exc:  # noqa: BLE001 - the writer must go on; the rows are counted lost
+            self._failed("-", job.records, exc)
+        finally:
+            with self._lock:
+                self._pending_records -= job.records
+                job.done = True
+                self._wake.notify_all()
+
+    def _write_flows(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, defaultdict(list)
-            batches, self._batches = self._batches, []
-            self._pending_records = 0
-            self._scheduled = False
+            self._flows_scheduled = False
         for exporter, flows in pending.items():
             for flow in flows:
                 if not flow.probe_id:
@@ -128,19 +260,31 @@ class NetflowSink:
                 self._failed(exporter, len(flows), exc)
                 continue
             self._stored(result.flows, max(flow.flow_end for flow in flows))
-        tables: dict[tuple[str, str], list[pa.Table]] = defaultdict(list)
-        for batch in batches:
-            for exporter, probe_id, table in batch.tables():
-                tables[(exporter, probe_id)].append(table)
-        for (exporter, probe_id), parts in tables.items():
-            table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-            try:
-                result = self.store.ingest_columns(None, exporter, table, probe_id=probe_id)
-            except Exception as exc:
-                self._failed(exporter, table.num_rows, exc)
-                continue
-            newest = pc.max(table.column("flow_end")).cast(pa.int64()).as_py()
-            self._stored(result.flows, newest)
+
+    def _flush(self) -> None:
+        """Store everything pending now, on the calling (writer) thread: waiting batches, a flush
+        being decoded, and write jobs queued behind this one (the queue may end right after it)."""
+        with self._lock:
+            self._draining = True
+            self._wake.notify_all()
+            while self._decoding:
+                self._wake.wait()
+            jobs, self._queued = self._queued, []
+            jobs += self._orphans
+            self._orphans = []
+            batches, self._batches, self._batch_records = self._batches, [], 0
+        try:
+            self._write_flows()
+            for job in jobs:
+                self._write(job)
+            if batches:
+                job = _WriteJob(sum(batch.records for batch in batches))
+                job.items = self._decode(batches)
+                self._write(job)
+        finally:
+            with self._lock:
+                self._draining = False
+                self._wake.notify_all()
 
     def _stored(self, flows: int, newest_us: int) -> None:
         self.metrics.inc("flows_stored_total", flows, origin="netflow")

@@ -6,6 +6,8 @@ import socket
 import struct
 import time
 
+import duckdb
+
 from tests.plugins.common import FIXTURES, free_port
 
 V5 = (FIXTURES / "netflow" / "payloads" / "packet_v5.bin").read_bytes()  # softflowd, 3 records
@@ -37,3 +39,28 @@ def test_netflow_datagrams_are_stored_and_counted(collector_factory) -> None:
     drops = [line for line in text.splitlines() if line.startswith("hostflow_collector_netflow_drops_total{")]
     assert len(drops) == 1 and drops[0].endswith(" 1"), drops
     assert collector.proc.poll() is None  # garbage does not stop the daemon
+
+
+def test_sigterm_stores_every_record_received(collector_factory) -> None:
+    """Records the listener has decoded but the sink still holds (it waits up to a second to write
+    large transactions) are written by the shutdown flush: none is lost on a clean stop."""
+    port = free_port(socket.SOCK_DGRAM)
+    collector = collector_factory(netflow_port=port)
+    datagrams = 400
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(datagrams):
+            sock.sendto(V5, ("127.0.0.1", port))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if metric(collector.metrics(), "hostflow_collector_netflow_packets_total ") == datagrams:
+            break
+        time.sleep(0.01)
+    text = collector.metrics()
+    assert metric(text, "hostflow_collector_netflow_records_total ") == 3 * datagrams
+    assert metric(text, "hostflow_collector_netflow_kernel_drops_total ") == 0
+    assert collector.stop() == 0
+    con = duckdb.connect(str(collector.db_path), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM flows").fetchone()[0] == 3 * datagrams
+    finally:
+        con.close()

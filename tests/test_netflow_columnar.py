@@ -87,6 +87,34 @@ def timed_record(last_octet: int, start_ms: int) -> bytes:
     return bytes([10, 0, 0, 1, 10, 0, 0, last_octet]) + struct.pack("!QQQQ", 10, 1, start_ms, start_ms + 5)
 
 
+def test_batches_merged_by_absorb_decode_like_one_batch() -> None:
+    """The collector merges the batches of one flush (``ColumnBatch.absorb``) before decoding: a
+    batch per datagram, merged, gives exactly the per-record flows, in one table per exporter and
+    domain, and the merged-away batches are left empty."""
+    datagrams = [
+        (payload, exporter, stamp)
+        for kind, _case, files in ALL_CASES
+        for exporter, _s, _d, payload, stamp in case_datagrams(kind, files)
+    ]
+    expected, _columnar, _decoder, _batch = both_paths(datagrams)
+    fast = NetflowDecoder()
+    batches = []
+    for payload, exporter, stamp in datagrams:
+        batches.append(fast.new_batch())
+        fast.feed(payload, exporter, stamp, batches[-1])
+    queued = sum(batch.records for batch in batches)
+    merged = batches[0]
+    for batch in batches[1:]:
+        merged.absorb(batch)
+        assert batch.records == 0 and batch.tables() == []
+    assert merged.records == queued
+    tables = merged.tables()
+    keys = [(exporter, probe_id) for exporter, probe_id, _table in tables]
+    assert len(keys) == len(set(keys))
+    assert records([flow for _e, _p, table in tables for flow in table_flows(table)]) == records(expected)
+    assert fast.metrics.flows == len(expected)
+
+
 def test_values_beyond_64_bit_arithmetic_fall_back_to_per_record() -> None:
     data = timed_record(2, 1 << 45) + timed_record(3, 1_700_000_000_000)  # 2^45 ms: year 3084
     datagrams = [

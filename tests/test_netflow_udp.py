@@ -114,10 +114,70 @@ def test_store_backlog_is_bounded_and_counted(tmp_path: Path) -> None:
             sink.on_batch(batch)  # 29 records each: the third one is over the limit
         assert metrics.get("netflow_drops_total", reason="store_backlog") == 29
         release.set()
-        writer.submit(lambda: None).result()
+        wait_for(lambda: metrics.get("flows_stored_total", origin="netflow") >= 58)
         assert metrics.get("flows_stored_total", origin="netflow") == 58
         assert store.sql("SELECT count(*) AS n FROM flows").to_pylist() == [{"n": 58}]
     finally:
         release.set()
+        writer.stop()
+        store.close()
+
+
+class CountingStore(Store):
+    """The real DuckDB store, noting the (source, rows) of each group-commit transaction."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.transactions: list[list[tuple[str, int]]] = []
+
+    def ingest_columns_many(self, items):  # type: ignore[override]
+        self.transactions.append(sorted((item.source, item.flows.num_rows) for item in items))
+        return super().ingest_columns_many(items)
+
+
+def test_small_batches_wait_to_be_written_in_one_transaction(tmp_path: Path) -> None:
+    """Below ``flush_records`` the sink holds batches for ``flush_seconds`` and then writes the
+    records of every exporter in ONE transaction; reaching ``flush_records`` writes at once; a
+    backlog is written about ``flush_records`` at a time."""
+    payload = next(d[3] for d in udp_datagrams(FIXTURES / "akvorado-nfv5.pcap"))  # 29 records
+    store = CountingStore(str(tmp_path / "nf.duckdb"))
+    writer = Writer()
+    writer.start()
+    metrics = Metrics()
+    sink = NetflowSink(store, writer, metrics, flush_records=100, flush_seconds=1.0)
+    decoder = NetflowDecoder()
+
+    def hand_over(exporter: str) -> None:
+        batch = decoder.new_batch()
+        decoder.feed(payload, exporter, 0, batch)
+        sink.on_batch(batch)
+
+    try:
+        started = time.monotonic()
+        for exporter in ("192.0.2.1", "192.0.2.1", "192.0.2.2"):
+            hand_over(exporter)
+        writer.submit(lambda: None).result()
+        assert store.transactions == [] and metrics.get("flows_stored_total", origin="netflow") == 0
+        wait_for(lambda: metrics.get("flows_stored_total", origin="netflow") >= 87, timeout=10)
+        assert time.monotonic() - started >= 1.0
+        assert store.transactions == [[("192.0.2.1", 58), ("192.0.2.2", 29)]]
+
+        store.transactions.clear()
+        for _ in range(4):  # 116 records >= flush_records: written without waiting for the timer
+            hand_over("192.0.2.3")
+        wait_for(lambda: metrics.get("flows_stored_total", origin="netflow") >= 203, timeout=0.9)
+        assert store.transactions == [[("192.0.2.3", 116)]]
+
+        store.transactions.clear()
+        release = threading.Event()
+        writer.submit(release.wait)  # the store is behind: a backlog builds up
+        for _ in range(8):
+            hand_over("192.0.2.4")
+        release.set()
+        wait_for(lambda: metrics.get("flows_stored_total", origin="netflow") >= 435, timeout=10)
+        # taken about flush_records at a time, not all at once
+        assert store.transactions == [[("192.0.2.4", 116)], [("192.0.2.4", 116)]]
+        assert store.sql("SELECT count(*) AS n FROM flows").to_pylist() == [{"n": 435}]
+    finally:
         writer.stop()
         store.close()

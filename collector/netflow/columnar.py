@@ -193,6 +193,28 @@ class ColumnBatch:
         group.records += count
         self.records += count
 
+    def absorb(self, other: ColumnBatch) -> None:
+        """Move ``other``'s queued sets and flows into this batch (it is left empty), so that one
+        ``tables()`` decodes them together: one table per template, not one per hand-over (a
+        table of many small chunks inserts slower, and each decode call has a fixed cost)."""
+        for key, theirs in other._groups.items():
+            group = self._groups.get(key)
+            if group is None:
+                self._groups[key] = theirs
+                continue
+            group.bodies += theirs.bodies
+            group.counts += theirs.counts
+            group.export_us += theirs.export_us
+            group.uptime_ms += theirs.uptime_ms
+            group.init_ms += theirs.init_ms
+            group.default_rate += theirs.default_rate
+            group.samplers += theirs.samplers
+            group.records += theirs.records
+        for key, flows in other._flows.items():
+            self._flows[key].extend(flows)
+        self.records += other.records
+        other._groups, other._flows, other.records = {}, defaultdict(list), 0
+
     def tables(self) -> list[tuple[str, str, pa.Table]]:
         """(exporter, probe_id, flows in the contract's schema) for everything queued; empties the batch."""
         groups, self._groups = self._groups, {}
