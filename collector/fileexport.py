@@ -10,8 +10,10 @@ the UTC hour of ``flow_start``; DuckDB, Spark and pyarrow read the directory as 
 
 From a database file the export reads DuckDB directly; from a running collector (``--collector
 URL``, or a live ``<db>.collector.json``) it asks the query API: the ``export_flows`` named query
-when the collector offers it, otherwise ``hosts`` + ``host_flows`` per host (the "sent" side of
-each host, so every flow comes once; that path cannot see tos, vlan and MAC columns, left empty).
+when the collector offers it, else the ``flows`` query (every flow once, under its host: the peer
+side's name is filled, as that host knew it), else ``hosts`` + ``host_flows`` per host (the "sent"
+side of each host, so every flow comes once). The query API paths cannot see tos, vlan and MAC
+columns (left empty), nor the host side's own name.
 """
 
 from __future__ import annotations
@@ -154,19 +156,26 @@ def remote_export_rows(
     }
     if probe_id:
         window["probe_id"] = probe_id
-    if "export_flows" in _offered_queries(url, token):
+    offered = _offered_queries(url, token)
+    if "export_flows" in offered:
         params = dict(window, **({"host": host} if host else {}))
         for row in _records(_post_query(url, "export_flows", params, token)):
             yield {column: row.get(column, _blank(column)) for column in EXPORT_COLUMNS}
         return
+    rows: list[dict[str, Any]] = []
+    if not host and "flows" in offered:
+        # one query: every flow once, under its host, the peer named as that host knew it
+        answer = _post_query(url, "flows", dict(window, limit=2**62), token)
+        rows = [_from_host_flow(flow["host"], flow) for flow in _records(answer)]
     hosts = (
         [host]
         if host
+        else []
+        if "flows" in offered
         else [
             r["addr"] for r in _records(_post_query(url, "hosts", dict(window, intranet_only=False), token))
         ]
     )
-    rows: list[dict[str, Any]] = []
     for addr in hosts:
         answer = _post_query(url, "host_flows", dict(window, host=addr, limit=100_000_000), token)
         for flow in _records(answer):

@@ -354,8 +354,10 @@ def _host_groups(
         host, params["start"], params["end"], params.get("probe_id"), bucket_us
     ).to_pylist()
     classifier = Classifier(params.get("intranet") or ctx.intranet)
+    ambiguous = _ambiguous_endpoints(groups)
     kept = []
     for row in groups:
+        row["proto_suffix"] = (row["peer_addr"], row["service_port"]) in ambiguous
         row["cast"], row["scope"] = classifier.classify(row["peer_addr"], row["bcast_mac"])
         if _passes(row, row["cast"], row["scope"], params):
             kept.append(row)
@@ -364,6 +366,16 @@ def _host_groups(
     for row in kept:
         row["attributed"] = attributor.lookup(row["peer_addr"], host, row["first_seen"], row["last_seen"])
     return groups, kept, attributor
+
+
+def _ambiguous_endpoints(groups: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """Server endpoints (peer, port) the host reached over more than one protocol in the window
+    (53 over UDP and TCP, 443 over TCP and QUIC): their endpoint keys carry the protocol."""
+    protocols: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for row in groups:
+        if row["peer_is_server"] and protocol_class(row["protocol"]) in ("tcp", "udp"):
+            protocols[(row["peer_addr"], row["service_port"])].add(row["protocol"])
+    return {endpoint for endpoint, seen in protocols.items() if len(seen) > 1}
 
 
 def _endpoint_id(row: dict[str, Any]) -> tuple:
@@ -376,8 +388,9 @@ def _peer_key(row: dict[str, Any], aggregate: str) -> tuple[str, str]:
     named_as = row["attributed"].name if row["attributed"] else ""
     if aggregate == "endpoint":
         if row["peer_is_server"] and protocol_class(row["protocol"]) in ("tcp", "udp"):
-            key = _fmt_endpoint(addr, row["service_port"])
-            return key, (_fmt_endpoint(named_as, row["service_port"]) if named_as else key)
+            suffix = "/" + protocol_class(row["protocol"]) if row.get("proto_suffix") else ""
+            key = _fmt_endpoint(addr, row["service_port"]) + suffix
+            return key, (_fmt_endpoint(named_as, row["service_port"]) + suffix if named_as else key)
         return addr, named_as or addr
     if aggregate == "ip":
         return addr, named_as or addr
@@ -530,9 +543,15 @@ def _host_flows(ctx: Context, params: dict[str, Any]) -> list[dict[str, Any]]:
         )
         if _passes(row, row["cast"], row["scope"], params):
             kept.append(row)
-    last = max((r["flow_end"] for r in kept), default=params["start"]) + 1
-    attributor = _attributor(ctx, {r["peer_addr"] for r in kept}, params["start"], last)
-    for row in kept:
+    _attribute_flows(ctx, kept, params["start"], host)
+    return kept
+
+
+def _attribute_flows(ctx: Context, rows: list[dict[str, Any]], start: int, host: str | None = None) -> None:
+    """Service and the peer's name (as its host knew it) of each host-oriented flow row, in place."""
+    last = max((r["flow_end"] for r in rows), default=start) + 1
+    attributor = _attributor(ctx, {r["peer_addr"] for r in rows}, start, last)
+    for row in rows:
         initiator = row["initiator"]
         if initiator:
             peer_is_server = (initiator == "src") == (row["direction"] == "sent")
@@ -540,11 +559,100 @@ def _host_flows(ctx: Context, params: dict[str, Any]) -> list[dict[str, Any]]:
             peer_is_server = row["peer_port"] <= row["host_port"]
         port = row["peer_port"] if peer_is_server else row["host_port"]
         row["service"] = service_label(row["protocol"], port)
-        hit = attributor.lookup(row["peer_addr"], host, row["flow_start"], row["flow_end"])
+        client = host or row["host"]
+        hit = attributor.lookup(row["peer_addr"], client, row["flow_start"], row["flow_end"])
         row["peer_name"] = hit.name if hit else ""
         row["name_source"] = hit.source if hit else ""
         row["cname_chain"] = list(hit.cname_chain) if hit else []
         row["domain"] = registered_domain(hit.name) if hit else ""
+
+
+FLOW_COLUMNS = [
+    ("flow_start", I64),
+    ("flow_end", I64),
+    ("host", STR),
+    ("direction", STR),
+    ("host_port", I64),
+    ("peer_addr", STR),
+    ("peer_port", I64),
+    ("protocol", I64),
+    ("service", STR),
+    ("packets", I64),
+    ("bytes", I64),
+    ("tcp_flags", I64),
+    ("initiator", STR),
+    ("end_reason", STR),
+    ("scope", STR),
+    ("cast", STR),
+    ("peer_name", STR),
+    ("name_source", STR),
+    ("cname_chain", pa.list_(STR)),
+    ("domain", STR),
+    ("probe_id", STR),
+    ("sampling", I64),
+    ("matched", I64),
+]
+
+
+def host_side(row: dict[str, Any], classifier: Classifier) -> str:
+    """Which address of a flow ("src" or "dst") is its host (docs/CONTRACT.md, Decisions).
+
+    The intranet unicast side when exactly one side is one; otherwise the side that opened the
+    flow (the initiator, else the higher port, as the server is taken to be the lower port)."""
+    src_local = classifier.classify(row["src_addr"]) == ("unicast", "intranet")
+    dst_local = classifier.classify(row["dst_addr"]) == ("unicast", "intranet")
+    if src_local != dst_local:
+        return "src" if src_local else "dst"
+    initiator = row["initiator"]
+    if initiator in ("src", "dst"):
+        return initiator
+    return "src" if row["src_port"] >= row["dst_port"] else "dst"
+
+
+def _oriented(row: dict[str, Any], side: str) -> dict[str, Any]:
+    other = "dst" if side == "src" else "src"
+    return {
+        "flow_start": row["flow_start"],
+        "flow_end": row["flow_end"],
+        "host": row[f"{side}_addr"],
+        "direction": "sent" if side == "src" else "received",
+        "host_port": row[f"{side}_port"],
+        "peer_addr": row[f"{other}_addr"],
+        "peer_port": row[f"{other}_port"],
+        **{key: row[key] for key in _FLOW_PASSED},
+    }
+
+
+_FLOW_PASSED = ("protocol", "packets", "bytes", "tcp_flags", "initiator", "end_reason", "probe_id")
+_FLOW_PASSED += ("sampling",)
+
+
+@named(
+    "flows",
+    "every flow of the window once, oriented from its host, with the peer's attributed name",
+    {**WINDOW, **PROBE, **INTRANET, **FILTERS, "limit": Param("int", "at most this many flows", 10000)},
+    FLOW_COLUMNS,
+)
+def _flows(ctx: Context, params: dict[str, Any]) -> list[dict[str, Any]]:
+    classifier = Classifier(params["intranet"])
+    kept: list[dict[str, Any]] = []
+    matched = 0
+    table = ctx.backend.flow_rows(params["start"], params["end"], params.get("probe_id"))
+    # Python rows a chunk at a time, so a long window never holds all its flows as dicts
+    for batch in table.to_batches(max_chunksize=65536):
+        for flow in batch.to_pylist():
+            row = _oriented(flow, host_side(flow, classifier))
+            row["cast"], row["scope"] = classifier.classify(
+                row["peer_addr"], flow["dst_mac"] == "ff:ff:ff:ff:ff:ff"
+            )
+            if not _passes(row, row["cast"], row["scope"], params):
+                continue
+            matched += 1
+            if len(kept) < params["limit"]:
+                kept.append(row)
+    _attribute_flows(ctx, kept, params["start"])
+    for row in kept:
+        row["matched"] = matched
     return kept
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from hostflow.ui.fmt import human_bytes
 from hostflow.ui.sankey import figure_labels
 from tests import ui_scenario as lab
 from tests.plugins.common import ROOT
@@ -42,14 +44,24 @@ def no_raw_html(at: AppTest) -> None:
         assert "<img" not in element.value, element.value
 
 
+def flow_host(flow) -> str:
+    """The host a flow is listed under (docs/CONTRACT.md Decisions): the intranet unicast side when
+    exactly one side is one, else the side that opened it."""
+    local = [lab.classify(a) == ("unicast", "intranet") for a in (flow.src_addr, flow.dst_addr)]
+    if local[0] != local[1]:
+        return flow.src_addr if local[0] else flow.dst_addr
+    if flow.initiator in ("src", "dst"):
+        return flow.src_addr if flow.initiator == "src" else flow.dst_addr
+    return flow.src_addr if flow.src_port >= flow.dst_port else flow.dst_addr
+
+
 def expected_all_hosts(protocols: set[int] | None = None) -> tuple[set[str], int]:
-    """The hosts list (intranet unicast senders of the hour) and how many of the hour's flows touch
-    one of them: the all-hosts list must hold each of those flows exactly once."""
+    """The hosts the hour's flows are listed under, and how many flows: the all-hosts list holds
+    every flow of the hour exactly once."""
     scenario, start, end = lab.build(), lab.HOUR, lab.HOUR + 3600 * lab.S
     hour = [f for f in scenario.flows if start <= f.flow_start < end]
-    hosts = {f.src_addr for f in hour if lab.classify(f.src_addr) == ("unicast", "intranet") and f.bytes}
-    touching = [f for f in hour if (f.src_addr in hosts or f.dst_addr in hosts)]
-    return hosts, sum(1 for f in touching if not protocols or f.protocol in protocols)
+    chosen = [f for f in hour if not protocols or f.protocol in protocols]
+    return {flow_host(f) for f in chosen}, len(chosen)
 
 
 def host_addrs(labels: pd.Series) -> set[str]:
@@ -184,6 +196,11 @@ def test_timeline_by_domain_and_service(app: AppTest) -> None:
         return found
 
     assert {"slack.com", "google.com", lab.XSS} <= set(legend())
+    chart = [c for c in at.get("bidi_component") if "timeline" in c.proto.id][0]
+    figure = json.loads(chart.proto.json)["figure"]
+    assert re.search(r'"axis_label": "bytes \((kB|KB|MB)\)"', figure) and "iB" not in figure
+    table = at.dataframe[0].value
+    assert table["volume"].tolist() == [human_bytes(v) for v in table["bytes"]]
     at.radio(key="t_by").set_value("service")
     run(at)
     assert {"https", "microsoft-ds", "domain"} <= set(legend())

@@ -239,8 +239,14 @@ def test_all_filtered_out_says_which_filter(app: AppTest) -> None:
     ("aggregate", "noun", "peers", "present"),
     [
         ("domain", "domains", 10, {"slack.com", "google.com"}),
-        # ip:port, so HTTPS and QUIC to www.google.com (tcp and udp 443) are one endpoint here
-        ("endpoint", "endpoints", 12, {"wss-primary.slack.com:443", "www.google.com:443"}),
+        # HTTPS and QUIC to www.google.com (tcp and udp 443) are two endpoints, labelled with the protocol
+        # because they share address and port; every other endpoint keeps the short ip:port
+        (
+            "endpoint",
+            "endpoints",
+            13,
+            {"wss-primary.slack.com:443", "www.google.com:443/tcp", "www.google.com:443/udp"},
+        ),
         ("ip", "addresses", 12, {"wss-primary.slack.com", "162.159.200.1"}),
         ("country", "countries", None, set()),
         ("org", "organisations", None, set()),

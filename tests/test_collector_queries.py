@@ -304,7 +304,7 @@ def test_through_the_real_server_json_and_arrow_agree(collector_server):
     assert status == 404 and "GET /api/v1/queries" in payload["error"]
     listed = collector_server.client().queries()
     assert set(listed) == {"time_range", "probes", "hosts", "host_flows", "host_peers", "host_counts", "names",
-                           "timeline", "findings_unnamed", "findings_new_peers", "findings_ports"}  # fmt: skip
+                           "timeline", "findings_unnamed", "findings_new_peers", "findings_ports", "flows"}  # fmt: skip
     assert listed["host_peers"]["params"]["aggregate"]["type"].startswith("enum:endpoint,ip,fqdn")
 
 

@@ -297,3 +297,68 @@ def test_host_widget_value_back_to_an_address() -> None:
     assert _host_address("evil (10.0.0.9) (192.168.1.5) · 1 KB") == "192.168.1.5"
     assert _host_address("pc (fe80::1) · 1 KB") == "fe80::1"
     assert _host_address("junk") is None and _host_address(None) is None
+
+
+# ---------------------------------------------------------------- the Timeline speaks the app's units
+
+
+def test_timeline_axis_hover_and_table_use_the_same_si_units() -> None:
+    from hostflow.ui import charts
+
+    timeline = pd.DataFrame(
+        {
+            "bucket_start": [T0, T0, T0 + 300_000_000],
+            "key": ["slack.com", "google.com", "slack.com"],
+            "bytes": [1_500_000, 250_000, 2_048_000],
+            "packets": [1200, 300, 2500],
+            "flows": [3, 1, 4],
+        }
+    )
+    wide = charts.timeline_frame(timeline, "bytes", UTC)
+    item = json_item(charts.timeline_figure(wide, "bytes", 300))
+    text = json.dumps(item, separators=(",", ":"))
+    # the axis is in MB (1000-based, as human_bytes and the tables say), never KiB/MiB
+    assert '"axis_label":"bytes (MB)"' in text and "iB" not in text
+    assert '"format":"0.[00]"' in text
+    data = next(iter(_sources(item)))
+    assert data["s0"] == [1.5, 2.048] and data["s1"] == [0.25, 0.0]  # slack.com, google.com in MB
+    assert data["s0_text"] == ["1.5 MB", "2.05 MB"] and data["s1_text"] == ["250 KB", "0 B"]
+    assert data["total"] == ["1.75 MB", "2.05 MB"]
+    assert fmt.axis_unit(2_048_000, "bytes") == (1_000_000, "MB")
+    assert fmt.axis_unit(999, "bytes") == (1, "B") and fmt.axis_unit(3500, "packets") == (1000, "k")
+    # the hover of each series names its own column (ours), never a key from the wire
+    assert "@s0_text" in text and "@s1_text" in text
+    packets = json.dumps(json_item(charts.timeline_figure(charts.timeline_frame(timeline, "packets", UTC),
+                                                          "packets", 300)), separators=(",", ":"))  # fmt: skip
+    assert '"axis_label":"packets (k)"' in packets and "1.5k pkts" in packets
+
+
+def _sources(item: object):
+    if isinstance(item, dict):
+        if item.get("name") == "ColumnDataSource":
+            data = item["attributes"]["data"]
+            entries = data.get("entries") if isinstance(data, dict) else None
+            if entries:
+                yield {k: _array(v) for k, v in entries}
+        for value in item.values():
+            yield from _sources(value)
+    elif isinstance(item, list):
+        for value in item:
+            yield from _sources(value)
+
+
+def _array(value: object) -> object:
+    """A serialised column back to a list (Bokeh sends float columns as typed arrays)."""
+    if isinstance(value, dict) and value.get("type") == "ndarray":
+        import base64
+
+        import numpy as np
+
+        raw = value["array"]
+        buffer = base64.b64decode(raw["data"]) if isinstance(raw, dict) else raw
+        return (
+            np.frombuffer(buffer, dtype=value["dtype"]).tolist()
+            if isinstance(buffer, bytes)
+            else list(buffer)
+        )
+    return value

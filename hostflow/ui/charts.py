@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from hostflow.ui.fmt import human_measure, printable
+from hostflow.ui.fmt import axis_unit, human_measure, printable
 from hostflow.ui.timez import from_us
 
 # Tableau 10 (colour-blind aware enough for a dozen series), then grey for the folded rest.
@@ -44,10 +44,13 @@ def timeline_figure(wide: pd.DataFrame, measure: str, bucket_seconds: int) -> An
     keys = [str(k) for k in wide.columns]
     # Field names are our own (s0, s1, …): the keys come from the wire and stay data, never names.
     fields = [f"s{i}" for i in range(len(keys))]
+    totals = wide.sum(axis=1)
+    divisor, unit = axis_unit(int(totals.max()) if len(totals) else 0, measure)
     data: dict[str, list[Any]] = {"time": list(wide.index)}
     for field, key in zip(fields, wide.columns, strict=True):
-        data[field] = [int(v) for v in wide[key]]
-    data["total"] = [human_measure(int(v), measure) for v in wide.sum(axis=1)]
+        data[field] = [int(v) / divisor for v in wide[key]]  # in the axis unit
+        data[f"{field}_text"] = [human_measure(int(v), measure) for v in wide[key]]
+    data["total"] = [human_measure(int(v), measure) for v in totals]
     source = ColumnDataSource(data)
     plot = figure(
         x_axis_type="datetime", height=380, sizing_mode="stretch_width", toolbar_location=None,
@@ -62,12 +65,15 @@ def timeline_figure(wide: pd.DataFrame, measure: str, bucket_seconds: int) -> An
     plot.add_layout(legend, "right")
     for renderer, key in zip(renderers, keys, strict=True):
         renderer.name = key
-    plot.add_tools(
-        HoverTool(tooltips=[("", "$name"), ("time", "@time{%F %H:%M}"), ("bucket total", "@total")],
-                  formatters={"@time": "datetime"})
-    )  # fmt: skip
-    plot.yaxis.formatter = NumeralTickFormatter(format="0.0 b" if measure == "bytes" else "0a")
-    plot.yaxis.axis_label = measure
+    for renderer, field in zip(renderers, fields, strict=True):
+        plot.add_tools(
+            HoverTool(renderers=[renderer], formatters={"@time": "datetime"},
+                      tooltips=[("", "$name"), ("time", "@time{%F %H:%M}"), (measure, f"@{field}_text"),
+                                ("bucket total", "@total")])
+        )  # fmt: skip
+    # the values are already in the axis unit (SI, as human_bytes prints): plain numbers on the ticks
+    plot.yaxis.formatter = NumeralTickFormatter(format="0.[00]")
+    plot.yaxis.axis_label = f"{measure} ({unit})" if unit else measure
     plot.xgrid.visible = False
     plot.outline_line_alpha = 0
     return plot

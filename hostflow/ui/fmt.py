@@ -47,6 +47,17 @@ def human_measure(value: float | int | None, measure: str) -> str:
     return human_count(value) + suffix
 
 
+def axis_unit(peak: float | int, measure: str) -> tuple[int, str]:
+    """(divisor, unit) for a chart axis whose largest value is ``peak``: the unit human_bytes /
+    human_count would print for it (1000-based), so axis, hover and tables speak the same units."""
+    units = _BYTE_UNITS if measure == "bytes" else _COUNT_UNITS
+    divisor, unit = 1, 0
+    while abs(peak) >= divisor * 1000 and unit < len(units) - 1:
+        divisor *= 1000
+        unit += 1
+    return divisor, units[unit]
+
+
 def protocol_name(number: int | None) -> str:
     if number is None:
         return ""

@@ -1,5 +1,5 @@
 """Flows: conversations as a list, like TWSNMP FC's flow report (host, peer, name, service, count,
-bytes, last seen), for every host of the window or for the selected host only."""
+bytes, last seen), for every host of the window (one ``flows`` query) or for the selected host only."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from hostflow.ui.common import Context, PageError, query
 from hostflow.ui.explain import explain_empty
 from hostflow.ui.fmt import md_text
 
-LIMIT = 20_000
-MAX_HOSTS = 60
+LIMIT = 50_000
 SORTS = ("bytes", "count", "last seen", "host", "peer", "name", "service")
 ALL_HOSTS, THIS_HOST = "all hosts", "this host"
 
@@ -22,23 +21,18 @@ def host_flows(ctx: Context, host: str) -> pd.DataFrame:
 
 
 def all_hosts_flows(ctx: Context) -> tuple[list[tuple[str, str, pd.DataFrame]], int]:
-    """Each host's flows, a flow between two listed hosts kept once (the collector has no all-hosts
-    flow query: one host_flows per host, asked in parallel). Returns (host, label, flows) rows and
-    how many hosts were left out."""
-    hosts = ctx.hosts.head(MAX_HOSTS).to_dict("records") if not ctx.hosts.empty else []
-    addrs = [str(row["addr"]) for row in hosts]
-    frames = common.queries(
-        *[("host_flows", {**ctx.host_params(), "host": addr, "limit": LIMIT}) for addr in addrs]
-    )
-    listed = set(addrs)
-    out = []
-    for row, addr, flows in zip(hosts, addrs, frames, strict=True):
-        if ctx.state.filters.direction == "both" and not flows.empty:
-            # A→B is A's "sent" flow and B's "received" one: list it under the sender only.
-            flows = flows[~((flows["direction"] == "received") & flows["peer_addr"].isin(listed))]
-        if not flows.empty:
-            out.append((addr, common.host_label(row, addr), flows))
-    return out, max(0, len(ctx.hosts) - MAX_HOSTS)
+    """Every flow of the window once, under its host (the collector's ``flows`` query decides
+    which side that is). Returns (host, label, flows) rows, busiest host first, and how many flows
+    passed the filters in all (more than those returned when the limit cut the list)."""
+    params = {**ctx.base_params(), **ctx.state.filters.params()}
+    flows = query("flows", **params, limit=LIMIT)
+    if flows.empty:
+        return [], 0
+    rows = {str(r["addr"]): r for r in ctx.hosts.to_dict("records")} if not ctx.hosts.empty else {}
+    by_host = dict(tuple(flows.groupby("host", sort=False)))
+    volume = sorted(by_host, key=lambda addr: -int(by_host[addr]["bytes"].sum()))  # stable: ties keep order
+    out = [(str(addr), common.host_label(rows.get(str(addr)), str(addr)), by_host[addr]) for addr in volume]
+    return out, int(flows["matched"].iloc[0])
 
 
 def body() -> None:
@@ -56,11 +50,12 @@ def body() -> None:
             explain_empty({"flows_total": 1}, filters, common.current_view(), ctx.host_label, ""), kind="info"
         )
     if every:
-        per_host, left_out = all_hosts_flows(ctx)
+        per_host, matched = all_hosts_flows(ctx)
     else:
         host = common.require_host(ctx)
         flows = host_flows(ctx, host)
-        per_host, left_out = ([(host, ctx.host_label, flows)] if not flows.empty else []), 0
+        per_host = [(host, ctx.host_label, flows)] if not flows.empty else []
+        matched = len(flows)
     if not per_host:
         window = ctx.window.describe() if ctx.window else ""
         who = "any host" if every else ctx.host_label
@@ -82,10 +77,13 @@ def body() -> None:
     )
     hosts_note = f" of {len(per_host)} hosts" if every else ""
     st.markdown(f"**{len(shown)} of {len(listing)} conversations** · {flow_count} flows{hosts_note}")
-    if any(len(flows) >= LIMIT for _, _, flows in per_host):
-        st.warning(f"Only the first {LIMIT} flows per host of this window are listed: pick a shorter window.")
-    if left_out:
-        st.warning(f"Only the {MAX_HOSTS} busiest hosts are listed ({left_out} more): pick a shorter window.")
+    if matched > flow_count:
+        st.warning(
+            f"Showing {flow_count} of {matched} flows (the oldest {LIMIT} of this window): "
+            "pick a shorter window or narrower filters to see them all."
+        )
+    elif not every and flow_count >= LIMIT:
+        st.warning(f"Only the first {LIMIT} flows of this host are listed: pick a shorter window.")
     st.dataframe(
         shown,
         hide_index=True,

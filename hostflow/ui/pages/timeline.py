@@ -7,6 +7,7 @@ from streamlit_bokeh import streamlit_bokeh
 
 from hostflow.ui import charts, common
 from hostflow.ui.common import PageError, query
+from hostflow.ui.fmt import fmt_time, human_bytes
 from hostflow.ui.state import MEASURES
 
 BUCKETS = {60: "1 minute", 300: "5 minutes", 900: "15 minutes", 3600: "1 hour"}
@@ -34,7 +35,12 @@ def body() -> None:
         f"{len(wide)} buckets of {BUCKETS[int(bucket)]}, {len(wide.columns)} series by {by} "
         f"(the smaller ones folded into “{charts.REST}”); times in {ctx.state.tz}."
     )
-    st.dataframe(timeline.assign(host=host), hide_index=True, width="stretch", key="timeline_table")
+    table = timeline.assign(
+        host=host,
+        time=timeline["bucket_start"].map(lambda us: fmt_time(us, ctx.tz, seconds=False)),
+        volume=timeline["bytes"].map(human_bytes),
+    )
+    st.dataframe(table, hide_index=True, width="stretch", key="timeline_table")
 
 
 common.guard(body)
