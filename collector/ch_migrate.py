@@ -21,6 +21,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,17 @@ def copy_bookkeeping(duck: Store, house: ClickHouseStore, tag: str) -> tuple[int
 
 
 def migrate(
-    db: str, settings: ClickHouseSettings, *, tag: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    db: str,
+    settings: ClickHouseSettings,
+    *,
+    tag: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    open_store: Callable[[ClickHouseSettings], ClickHouseStore] = ClickHouseStore,
 ) -> dict[str, Any]:
     """Copy (or finish copying) ``db`` into the cluster; returns a summary with the check's result."""
     tag = tag or _tag(db)
     duck = Store(db, read_only=True)
-    house = ClickHouseStore(settings)
+    house = open_store(settings)
     summary: dict[str, Any] = {"tag": tag, "copied": {}, "skipped": {}, "rows": {}, "mismatches": []}
     try:
         for kind in ("flows", "names"):

@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import queue
+import re
 import time
 import urllib.parse
 import uuid
@@ -181,6 +182,17 @@ def _column_type(features: Features, column: str, contract_type: str) -> str:
     return CH_TYPES[contract_type]
 
 
+TTL_COLUMNS = {"flows_local": "flow_end", "names_local": "ts"}  # rows expire by these times
+
+
+def ttl_days(retention_days: float | None) -> int | None:
+    return max(1, int(round(retention_days))) if retention_days else None
+
+
+def ttl_expression(column: str, days: int) -> str:
+    return f"toDateTime(intDiv({column}, 1000000)) + INTERVAL {days} DAY"
+
+
 def table_ddl(
     features: Features, database: str, cluster: str, retention_days: float | None = None
 ) -> list[str]:
@@ -191,10 +203,10 @@ def table_ddl(
         return ", ".join(f"{n} {_column_type(features, n, t)}{features.codec(n)}" for n, t in types.items())
 
     ttl_flows = ttl_names = ""
-    if features.modern and retention_days:
-        days = max(1, int(round(retention_days)))
-        ttl_flows = f" TTL toDateTime(intDiv(flow_end, 1000000)) + INTERVAL {days} DAY"
-        ttl_names = f" TTL toDateTime(intDiv(ts, 1000000)) + INTERVAL {days} DAY"
+    days = ttl_days(retention_days)
+    if features.modern and days:
+        ttl_flows = f" TTL {ttl_expression(TTL_COLUMNS['flows_local'], days)}"
+        ttl_names = f" TTL {ttl_expression(TTL_COLUMNS['names_local'], days)}"
     health = "probe_id String, source String, ts Int64, received_at Int64, raw String, batch_id String"
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
@@ -334,6 +346,7 @@ class ClickHouseStore(RecordIngest):
                         if getattr(exc, "code", None) != TABLE_EXISTS:
                             raise
                 self._reconcile_columns(client)
+                self._reconcile_ttl(client)
                 done = client.execute(
                     f"SELECT count() FROM {self.settings.database}.schema_migrations WHERE version = %(v)s",
                     {"v": SCHEMA_VERSION},
@@ -367,6 +380,34 @@ class ClickHouseStore(RecordIngest):
                 for table in (f"{kind}_local", kind):
                     client.execute(f"ALTER TABLE {db}.{table} ADD COLUMN {name} {ch_type}")
                 log.info("event=column_added table=%s column=%s type=%s", kind, name, ch_type)
+
+    def _reconcile_ttl(self, client: Client) -> None:
+        """Make the tables' TTL follow a changed retention_days: CREATE … IF NOT EXISTS keeps the TTL a
+        table was made with, which would go on deleting rows by the old setting. Without
+        retention_days (a collector without retention, or migrate-to-clickhouse) a TTL is left alone
+        and named in the log: removing it is the operator's call."""
+        if not self.features.modern:
+            return
+        db = self.settings.database
+        days = ttl_days(self.retention_days)
+        for table, column in TTL_COLUMNS.items():
+            engine = client.execute(
+                "SELECT engine_full FROM system.tables WHERE database = %(db)s AND name = %(table)s",
+                {"db": db, "table": table},
+            )[0][0]
+            found = re.search(r"\bTTL\b.*?(?:toIntervalDay\((\d+)\)|INTERVAL (\d+) DAY)", engine)
+            present = int(found.group(1) or found.group(2)) if found else None
+            if present == days:
+                continue
+            if days is None:
+                log.warning(
+                    "event=ttl_kept table=%s.%s days=%s: retention_days is unset, yet rows expire after %s"
+                    " days; ALTER TABLE %s.%s REMOVE TTL on every node keeps them",
+                    db, table, present, present, db, table,
+                )  # fmt: skip
+                continue
+            client.execute(f"ALTER TABLE {db}.{table} MODIFY TTL {ttl_expression(column, days)}")
+            log.info("event=ttl_changed table=%s.%s days=%s was=%s", db, table, days, present)
 
     # ------------------------------------------------------------ writes
 
@@ -648,6 +689,18 @@ class ClickHouseStore(RecordIngest):
             f" end_reason, dst_mac, probe_id, sampling FROM {self.db}.flows FINAL WHERE {where}"
             " ORDER BY flow_start, peer_addr, peer_port, host_port, direction, protocol, flow_end, bytes, packets,"
             " probe_id LIMIT %(limit)s",
+            params,
+        )
+
+    def flow_rows(self, start: int, end: int, probe_id: str | None) -> pa.Table:
+        """Every flow in the window as stored, oldest first (the same total order as the DuckDB store)."""
+        from collector.store import Store
+
+        where, params = self._flow_window(start, end, probe_id)
+        return self._table(
+            "SELECT flow_start, flow_end, src_addr, src_port, dst_addr, dst_port, protocol, packets, bytes,"
+            f" tcp_flags, initiator, end_reason, dst_mac, probe_id, sampling FROM {self.db}.flows FINAL"
+            f" WHERE {where} ORDER BY {Store.FLOW_ROW_ORDER}",
             params,
         )
 

@@ -35,10 +35,11 @@ _databases = itertools.count()
 
 
 def new_database(cluster: Any, store: bool = True, **kwargs: Any) -> ClickHouseStore | ClickHouseSettings:
-    """A fresh database on the test cluster (several tests and workers share the cluster)."""
+    """A fresh database on the test cluster (several tests and workers share the cluster), or on the
+    chdb engine (its store_class is ClickHouseStore over chdb)."""
     name = f"hf{os.getpid()}_{next(_databases)}"
     settings = ClickHouseSettings(hosts=tuple(cluster.hosts), database=name, cluster=cluster.cluster)
-    return ClickHouseStore(settings, **kwargs) if store else settings
+    return getattr(cluster, "store_class", ClickHouseStore)(settings, **kwargs) if store else settings
 
 
 def drop(cluster: Any, database: str) -> None:
@@ -115,6 +116,9 @@ def lab_cases() -> list[tuple[str, dict[str, Any]]]:
         ("findings_new_peers", hour),
         ("findings_ports", hour),
         ("findings_ports", {}),
+        ("flows", w1),
+        ("flows", {**hour, "limit": 7, "scopes": ["internet"], "direction": "sent"}),
+        ("flows", {"protocols": ["udp", "icmp"], "casts": ["unicast"]}),
     ]
     for host, window in ((lab1.H, w1), (lab2.HOST, hour), (lab2.HOST2, hour), (lab2.HOST3, {})):
         cases += [("host_flows", {**window, "host": host}), ("host_counts", {**window, "host": host})]
@@ -267,12 +271,11 @@ def test_layout_on_every_node(clickhouse_cluster) -> None:
         drop(clickhouse_cluster, store.db)
 
 
-@pytest.fixture(scope="module")
-def lab_stores(clickhouse_cluster, tmp_path_factory):
-    """Both lab scenarios in DuckDB and in the cluster, written through two ClickHouse writers."""
-    duck = Store(str(tmp_path_factory.mktemp("ch-lab") / "lab.duckdb"))
-    house = new_database(clickhouse_cluster)
-    second = ClickHouseStore(house.settings)
+def lab_pair(cluster: Any, path: Path) -> tuple[Store, ClickHouseStore]:
+    """Both lab scenarios in DuckDB and in ``cluster``, written through two ClickHouse writers."""
+    duck = Store(str(path))
+    house = new_database(cluster)
+    second = type(house)(house.settings)
     duck.ingest("lab:1", "probe", lab1.FLOWS, lab1.NAMES)
     house.ingest("lab:1", "probe", lab1.FLOWS, lab1.NAMES)
     for index, (_token, batch) in enumerate(lab2.batches(lab2.build())):
@@ -284,6 +287,53 @@ def lab_stores(clickhouse_cluster, tmp_path_factory):
             batch["batch_id"], "probe", flows, names, batch["health"], probe_id=probe
         )
     second.close()
+    return duck, house
+
+
+def check_lab_queries(cluster: Any, duck: Store, house: ClickHouseStore) -> None:
+    assert compare(duck, house, lab_cases()) > 300
+    assert house.counts() == duck.counts()
+    per_node = [
+        int(cluster.sql(f"SELECT count() FROM {house.db}.names_local", node=n))
+        for n in range(len(cluster.nodes))
+    ]
+    assert sum(per_node) == duck.counts()["names"] and min(per_node) > 0, per_node  # every shard holds names
+
+
+def check_columns_added_later(cluster: Any) -> None:
+    """A table made before records.py gained a column: the next collector adds it on every node,
+    to the local and the Distributed table, with the type this server's version calls for."""
+    house = new_database(cluster)
+    try:
+        house.ingest("old:1", "probe", lab1.FLOWS[:5], [])
+        for node in range(len(cluster.nodes)):
+            for table in ("flows_local", "flows"):
+                cluster.sql(f"ALTER TABLE {house.db}.{table} DROP COLUMN vlan", node=node)
+                cluster.sql(f"ALTER TABLE {house.db}.{table} DROP COLUMN end_reason", node=node)
+        later = type(house)(house.settings)
+        later.close()
+        expected = {"vlan": "UInt16", "end_reason": house.features.string("end_reason")}
+        for node in range(len(cluster.nodes)):
+            for table in ("flows_local", "flows"):
+                described = cluster.sql(f"DESCRIBE TABLE {house.db}.{table}", node=node)
+                types = {line.split("\t")[0]: line.split("\t")[1] for line in described.splitlines()}
+                assert {name: types[name] for name in expected} == expected, (node, table)
+        rows = house.query("host_flows", {**lab1.WINDOW, "host": lab1.H}).to_pylist()
+        assert rows and {row["end_reason"] for row in rows} == {""}  # the old rows read with the default
+        house.ingest("new:1", "probe", lab1.FLOWS[5:], [])
+        assert house.counts()["flows"] == len(lab1.FLOWS)
+    finally:
+        house.close()
+        drop(cluster, house.db)
+
+
+def test_columns_added_later_on_every_node(clickhouse_cluster) -> None:
+    check_columns_added_later(clickhouse_cluster)
+
+
+@pytest.fixture(scope="module")
+def lab_stores(clickhouse_cluster, tmp_path_factory):
+    duck, house = lab_pair(clickhouse_cluster, tmp_path_factory.mktemp("ch-lab") / "lab.duckdb")
     yield duck, house
     duck.close()
     house.close()
@@ -291,23 +341,18 @@ def lab_stores(clickhouse_cluster, tmp_path_factory):
 
 
 def test_lab_every_named_query_equal(lab_stores, clickhouse_cluster) -> None:
-    duck, house = lab_stores
-    assert compare(duck, house, lab_cases()) > 300
-    assert house.counts() == duck.counts()
-    per_node = [
-        int(clickhouse_cluster.sql(f"SELECT count() FROM {house.db}.names_local", node=n)) for n in range(2)
-    ]
-    assert sum(per_node) == duck.counts()["names"] and min(per_node) > 0, per_node  # both shards hold names
+    check_lab_queries(clickhouse_cluster, *lab_stores)
 
 
-def test_real_captures_and_netflow_equal(clickhouse_cluster, tmp_path) -> None:
+def check_real_captures(cluster: Any, tmp_path: Path) -> None:
+    """Real captures (probe CLI) and real NetFlow exports: every named query equal to DuckDB's."""
     flows, names = probe_records(tmp_path)
     exports = netflow_flows()
     assert len(flows) == 2114 and len(names) == 150
     assert sum(len(f) for f in exports.values()) == 657 + 152 + 29
     duck = Store(str(tmp_path / "real.duckdb"))
-    house = new_database(clickhouse_cluster)
-    other = ClickHouseStore(house.settings)
+    house = new_database(cluster)
+    other = type(house)(house.settings)
     try:
         step = 500
         for number, offset in enumerate(range(0, len(flows), step)):
@@ -330,6 +375,8 @@ def test_real_captures_and_netflow_equal(clickhouse_cluster, tmp_path) -> None:
             ("findings_unnamed", {}),
             ("findings_new_peers", {}),
             ("findings_ports", {}),
+            ("flows", {}),
+            ("flows", {"intranet": ["0.0.0.0/0"], "direction": "received", "limit": 100}),
         ]
         for host in busiest:
             cases += [
@@ -342,11 +389,9 @@ def test_real_captures_and_netflow_equal(clickhouse_cluster, tmp_path) -> None:
         assert compare(duck, house, cases) > 2000
         per_node = [
             int(
-                clickhouse_cluster.sql(
-                    f"SELECT count() FROM {house.db}.flows_local WHERE batch_id LIKE 'cap:%'", node=n
-                )
+                cluster.sql(f"SELECT count() FROM {house.db}.flows_local WHERE batch_id LIKE 'cap:%'", node=n)
             )
-            for n in range(2)
+            for n in range(len(cluster.nodes))
         ]
         assert sum(per_node) == len(flows) and min(per_node) > 0, per_node  # batches spread over both shards
         assert house.counts() == duck.counts() == {"flows": 2114 + 838, "names": 150, "batches": 5}
@@ -354,22 +399,27 @@ def test_real_captures_and_netflow_equal(clickhouse_cluster, tmp_path) -> None:
         other.close()
         house.close()
         duck.close()
-        drop(clickhouse_cluster, house.db)
+        drop(cluster, house.db)
 
 
-def test_resent_cut_short_and_concurrent_batches_count_once(clickhouse_cluster) -> None:
-    house = new_database(clickhouse_cluster)
+def test_real_captures_and_netflow_equal(clickhouse_cluster, tmp_path) -> None:
+    check_real_captures(clickhouse_cluster, tmp_path)
+
+
+def check_resent_cut_short_and_concurrent(cluster: Any) -> None:
+    """Resent, cut-short and four-at-once batches: written 1, 2 and 4 times, counted once (FINAL)."""
+    house = new_database(cluster)
     barrier = threading.Barrier(4)
 
-    class Racing(ClickHouseStore):
+    class Racing(type(house)):  # type: ignore[misc]
         def batch_stored(self, batch_id: str) -> bool:
             stored = super().batch_stored(batch_id)
             barrier.wait(30)  # every writer has checked before any writes: the race, made certain
             return stored
 
     writers = [Racing(house.settings) for _ in range(4)]
-    for node in range(2):  # the raw copies stay visible until the test merges them itself
-        clickhouse_cluster.sql(f"SYSTEM STOP MERGES {house.db}.flows_local", node=node)
+    for node in range(len(cluster.nodes)):  # the raw copies stay visible until the test merges them itself
+        cluster.sql(f"SYSTEM STOP MERGES {house.db}.flows_local", node=node)
     try:
         flows, names = lab1.FLOWS, lab1.NAMES
         first = house.ingest("lab:1", "probe", flows, names)
@@ -396,7 +446,7 @@ def test_resent_cut_short_and_concurrent_batches_count_once(clickhouse_cluster) 
         for thread in threads:
             thread.join()
         assert not errors
-        raw = int(clickhouse_cluster.sql(f"SELECT count() FROM {house.db}.flows"))
+        raw = int(cluster.sql(f"SELECT count() FROM {house.db}.flows"))
         assert raw == (1 + 2 + 4) * len(flows)  # the rows really were written 1, 2 and 4 times …
         assert house.counts() == {
             "flows": 3 * len(flows),
@@ -407,15 +457,19 @@ def test_resent_cut_short_and_concurrent_batches_count_once(clickhouse_cluster) 
         assert time_range["flows"] == 3 * len(flows)
         peers = house.query("host_peers", {**lab1.WINDOW, "host": lab1.H}).to_pylist()
         assert sum(p["flows"] for p in peers) == 3 * 16
-        for node in range(2):  # and a merge removes the copies for good
-            clickhouse_cluster.sql(f"SYSTEM START MERGES {house.db}.flows_local", node=node)
-            clickhouse_cluster.sql(f"OPTIMIZE TABLE {house.db}.flows_local FINAL", node=node)
-        assert int(clickhouse_cluster.sql(f"SELECT count() FROM {house.db}.flows")) == 3 * len(flows)
+        for node in range(len(cluster.nodes)):  # and a merge removes the copies for good
+            cluster.sql(f"SYSTEM START MERGES {house.db}.flows_local", node=node)
+            cluster.sql(f"OPTIMIZE TABLE {house.db}.flows_local FINAL", node=node)
+        assert int(cluster.sql(f"SELECT count() FROM {house.db}.flows")) == 3 * len(flows)
     finally:
         for writer in writers:
             writer.close()
         house.close()
-        drop(clickhouse_cluster, house.db)
+        drop(cluster, house.db)
+
+
+def test_resent_cut_short_and_concurrent_batches_count_once(clickhouse_cluster) -> None:
+    check_resent_cut_short_and_concurrent(clickhouse_cluster)
 
 
 def test_retention_drops_whole_old_days(clickhouse_cluster) -> None:

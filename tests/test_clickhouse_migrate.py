@@ -153,12 +153,16 @@ def test_bad_arguments_are_one_line(tmp_path: Path) -> None:
 def test_an_hour_copied_again_with_another_chunk_size_collapses(
     history_file: Path, clickhouse_cluster
 ) -> None:
+    check_hour_copied_again(history_file, clickhouse_cluster)
+
+
+def check_hour_copied_again(history_file: Path, cluster) -> None:
     """A kill mid-hour leaves part of that hour in the cluster; the rerun copies the whole hour again,
     perhaps with another --chunk-rows. Row identities must not depend on the chunks, or rows double."""
     from collector.ch_migrate import copy_hour
     from tests.test_clickhouse import new_database
 
-    house = new_database(clickhouse_cluster)
+    house = new_database(cluster)
     try:
         with Store(str(history_file), read_only=True) as duck:
             want = duck_hour_totals(duck, "flows")
@@ -169,4 +173,4 @@ def test_an_hour_copied_again_with_another_chunk_size_collapses(
             copy_hour(duck, house, "flows", hour, prefix, chunk_rows=7)
         assert house_hour_totals(house, "flows", prefix) == {hour: want[hour]}
     finally:
-        drop(clickhouse_cluster, house.settings.database)
+        drop(cluster, house.settings.database)

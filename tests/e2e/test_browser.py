@@ -46,9 +46,15 @@ LABELS_JS = """() => {
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def app_collector():
+    """Starts the app's collector filled with the lab (DuckDB); test_browser_clickhouse.py overrides it."""
+    return lab.collector
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory, app_collector) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("browser")
-    with lab.collector(tmp) as collector:
+    with app_collector(tmp) as collector:
         port = free_port()
         env = {
             **os.environ,

@@ -3,10 +3,15 @@
 Each node gets its own config, data directory and ports; the cluster `hostflow` has two shards of
 one replica each, and the default profile sets insert_distributed_sync=1 so an insert through the
 Distributed table is on the shards when it returns. Nodes are stopped by PID (SIGTERM).
+
+``chdb_engine``: ClickHouse 26.9 in process (PyPI chdb-core), shaped like the cluster (hosts,
+cluster, nodes, sql) so the same checks run on both; its ``store_class`` is ClickHouseStore with
+only the transport under the clickhouse-driver Client replaced (see ChdbClient).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -14,6 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,3 +170,135 @@ def clickhouse_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
     finally:
         cluster.stop()
+
+
+# ---------------------------------------------------------------- a current release, in process
+
+# chdb (PyPI chdb-core) is ClickHouse 26.9 as a library: it opens no network port, so the native
+# protocol is replaced below and nothing else. ClickHouseStore builds its clickhouse-driver Client
+# as usual; ChdbClient takes that Client's own parameter substitution and settings and runs the
+# resulting SQL text in a chdb session with a data directory. A one-shard cluster whose replica is
+# this very engine (tcp_port set, never opened) makes the Distributed tables real: ClickHouse
+# recognises the replica as local and reads and writes it without a connection.
+CHDB_CONFIG = """<clickhouse>
+  <tcp_port>{port}</tcp_port>
+  <timezone>UTC</timezone>
+  <remote_servers><{cluster}><shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>
+  </{cluster}></remote_servers>
+</clickhouse>
+"""
+CHDB_PORT = 9000  # only compared with the cluster's replica port: nothing listens on it
+
+
+class ChdbEngine:
+    """One chdb engine per process (chdb's rule), on a data directory, with the cluster above."""
+
+    def __init__(self, base: Path, cluster: str = CLUSTER) -> None:
+        import chdb
+
+        self.base = base
+        self.cluster = cluster
+        self.data = base / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        (base / "config.xml").write_text(CHDB_CONFIG.format(port=CHDB_PORT, cluster=cluster))
+        self._chdb = chdb
+        self._keep = self.connect({})  # the engine lives as long as one connection is open
+        self.version = self.sql("SELECT version()").strip().strip('"')
+        self.store_class = chdb_store_class(self)
+
+    @property
+    def hosts(self) -> list[str]:
+        return [f"127.0.0.1:{CHDB_PORT}"]
+
+    def connect(self, settings: dict[str, Any]) -> Any:
+        options = {"config-file": str(self.base / "config.xml"), **settings}
+        query = "&".join(f"{key}={value}" for key, value in options.items())
+        return self._chdb.connect(f"file:{self.data}?{query}")
+
+    @property
+    def nodes(self) -> list[str]:
+        return ["chdb"]  # one node: ClickHouseCluster's interface, so the cluster's tests run here too
+
+    def sql(self, query: str, node: int = 0, fmt: str = "TabSeparated") -> str:
+        return str(self._keep.query(query, fmt))
+
+    def close(self) -> None:
+        self._keep.close()
+
+
+class ChdbClient:
+    """What ClickHouseStore calls on a clickhouse-driver Client, answered by a chdb connection."""
+
+    def __init__(self, engine: ChdbEngine, driver: Any) -> None:
+        self.driver = driver
+        self.connection = engine.connect({**driver.settings, "output_format_json_quote_64bit_integers": 0})
+
+    def execute(
+        self,
+        query: str,
+        params: Any = None,
+        with_column_types: bool = False,
+        columnar: bool = False,
+        types_check: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> Any:
+        from clickhouse_driver.util.escape import escape_param
+
+        context = self.driver.connection.context
+        if isinstance(params, list | tuple):  # INSERT data: the driver would send native blocks
+            rows = list(zip(*params, strict=True)) if columnar else list(params)
+            values = ", ".join(
+                "(" + ", ".join(str(escape_param(v, context)) for v in row) + ")" for row in rows
+            )
+            self.connection.query(f"{query} {values}", "CSV")
+            return len(rows)
+        if params is not None:
+            query = self.driver.substitute_params(query, params, context)
+        answer = json.loads(str(self.connection.query(query, "JSONCompact")) or '{"meta": [], "data": []}')
+        types = [(column["name"], column["type"]) for column in answer["meta"]]
+        rows = [tuple(_from_json(value, kind) for value, (_, kind) in zip(row, types, strict=True))
+                for row in answer["data"]]  # fmt: skip
+        data = [tuple(column) for column in zip(*rows, strict=True)] if columnar else rows
+        return (data, types) if with_column_types else data
+
+    def disconnect(self) -> None:
+        self.connection.close()
+
+
+def _from_json(value: Any, kind: str) -> Any:
+    """A JSONCompact value as clickhouse-driver would give it (tuples for Tuple, lists for Array)."""
+    for wrapper in ("LowCardinality(", "Nullable("):
+        if kind.startswith(wrapper):
+            kind = kind[len(wrapper) : -1]
+    if value is None:
+        return None
+    if kind.startswith("Array("):
+        return [_from_json(item, kind[len("Array(") : -1]) for item in value]
+    if kind.startswith("Tuple("):
+        return tuple(value)
+    if kind.startswith(("Int", "UInt")):
+        return int(value)
+    if kind.startswith("Float"):
+        return float(value)
+    return value
+
+
+def chdb_store_class(engine: ChdbEngine) -> type:
+    """ClickHouseStore bound to ``engine``: the real class; only the transport under its Client is chdb."""
+    from collector.clickhouse import ClickHouseStore
+
+    class ChdbStore(ClickHouseStore):
+        def _new_client(self, address: str | None = None) -> Any:
+            return ChdbClient(engine, super()._new_client(address))
+
+    return ChdbStore
+
+
+@pytest.fixture(scope="session")
+def chdb_engine(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("chdb", reason="chdb-core is not installed (requirements-dev.txt)")
+    engine = ChdbEngine(tmp_path_factory.mktemp("chdb"))
+    try:
+        yield engine
+    finally:
+        engine.close()
