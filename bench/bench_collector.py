@@ -167,10 +167,12 @@ def bench_http(
 ) -> tuple[float, float]:
     port = free_port()
     db = work / f"http-{label}.duckdb"
+    log = open(work / f"http-{label}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "serve", "--db", str(db), "--http-port", str(port), "--netflow-port", "0",
          "--ipfix-port", "0", "--token", "bench-token=bench", "--max-body", str(1 << 30), "--log-level", "warning"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stderr=log,  # kept out of the table (DuckDB's nanobind prints "leaked ..." at exit)
     )  # fmt: skip
     failures: list[str] = []
     try:
@@ -206,6 +208,7 @@ def bench_http(
     finally:
         proc.terminate()
         proc.wait()
+        log.close()
     if failures:
         raise SystemExit(f"{label}: {len(failures)} batch(es) failed, first: {failures[0]}")
     rows = count_rows(db)
