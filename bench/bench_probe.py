@@ -11,6 +11,9 @@
    then ``--flows`` one-way flows.
 4. With ``--live`` (root, tcpreplay): bench/bench_probe_live.py, the highest loss-free rate of
    live capture on a veth between two network namespaces.
+5. With ``--compare TREE`` (another copy of the repository, e.g. ``git archive HEAD | tar -x -C
+   /tmp/before``): that tree's ``meter_files`` beside this one's on the same pcap, each in a fresh
+   process, interleaved with softflowd for ``--rounds`` rounds (CPU seconds and peak RSS per side).
 """
 
 from __future__ import annotations
@@ -231,6 +234,59 @@ def bench_files(path: Path, per_packet: bool, pcapng: Path | None = None) -> Non
               f"{stats.flows_exported:,} flows)  ratio ours/softflowd {ng_theirs / cpu:.2f}")  # fmt: skip
 
 
+_METER_CHILD = """
+import sys, time
+sys.path.insert(0, {tree!r})
+from probe.options import MeterOptions
+from probe.pipeline import meter_files
+from probe.sink import MemorySink
+class CountingSink(MemorySink):
+    def add_flows(self, flows):
+        self.count = getattr(self, "count", 0) + len(flows)
+cpu = time.process_time()
+stats = meter_files([{path!r}], MeterOptions(names={names!r}), CountingSink())
+cpu = time.process_time() - cpu
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(cpu, stats.packets, stats.flows_exported, hwm)
+"""
+
+
+def _meter_child(tree: Path, path: Path, names: bool) -> tuple[float, int, int, float]:
+    """(CPU s, packets, flows, peak RSS MB) of meter_files from ``tree`` in a fresh process."""
+    code = _METER_CHILD.format(tree=str(tree), path=str(path), names=names)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2]), int(out[3]) / 1024
+
+
+def bench_compare(path: Path, before: Path, rounds: int) -> None:
+    """Another tree's file metering beside this one's, interleaved with softflowd, in one run."""
+    sides = [(f"{label}, names {'on' if names else 'off'}", tree, names)
+             for names in (True, False) for label, tree in (("before", before), ("after", ROOT))]  # fmt: skip
+    cpu = {label: 0.0 for label, _tree, _names in sides}
+    peak = {label: 0.0 for label, _tree, _names in sides}
+    flows = {}
+    theirs = 0.0
+    packets = 0
+    for _ in range(rounds):
+        theirs += _softflowd(path)[0]
+        for label, tree, names in sides:
+            seconds, packets, flows[label], rss = _meter_child(tree, path, names)
+            cpu[label] += seconds
+            peak[label] = max(peak[label], rss)
+        theirs += _softflowd(path)[0]
+    theirs /= 2 * rounds
+    print(
+        f"before ({before}) / after ({ROOT}), {packets:,} packets, {rounds} interleaved rounds, packets per CPU s:"
+    )
+    print(f"  {'softflowd -r':<22} {packets / theirs:>10,.0f}  ratio 1")
+    for label, _tree, _names in sides:
+        mean = cpu[label] / rounds
+        print(f"  {label:<22} {packets / mean:>10,.0f}  ratio {theirs / mean:.2f}  peak RSS {peak[label]:.0f} MB  "
+              f"{flows[label]:,} flows")  # fmt: skip
+
+
 def bench_memory(flows: int) -> None:
     """Peak RSS of a flow table holding ``flows`` conversations, and ``flows`` one-way flows."""
     for label, both in (("conversations (both directions)", True), ("one-way flows", False)):
@@ -268,6 +324,10 @@ def main() -> None:
     parser.add_argument("--skip-files", action="store_true")
     parser.add_argument("--no-pcapng", action="store_true", help="skip the same packets as pcapng")
     parser.add_argument("--live", action="store_true", help="also measure live capture on a veth (root)")
+    parser.add_argument(
+        "--compare", type=Path, metavar="TREE", help="time another copy of the repository beside this one"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --compare")
     args = parser.parse_args()
     if not args.skip_files:
         with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
@@ -279,8 +339,12 @@ def main() -> None:
             if not args.no_pcapng:
                 pcapng = path.with_suffix(".pcapng")
                 pcap_to_pcapng(path, pcapng)
-            bench_files(path, args.per_packet, pcapng)
-    bench_memory(args.flows)
+            if args.compare is not None:
+                bench_compare(path, args.compare.resolve(), args.rounds)
+            else:
+                bench_files(path, args.per_packet, pcapng)
+    if args.compare is None:
+        bench_memory(args.flows)
     if args.live:
         from bench.bench_probe_live import bench_live
 

@@ -4,7 +4,7 @@ What numpy buys: the per-packet path costs several microseconds of interpreter t
 (read a record, decode it, update the flow table): about 100,000 packets per CPU second here,
 a fifth of softflowd. Here the file is read 32,768 packets at a time into one reused buffer,
 each step is done for the whole chunk at once, and the flow table is updated once per
-conversation per batch of 262,144 packets: about 3× the per-packet rate (bench/bench_probe.py;
+conversation per batch of 262,144 packets: about 4× the per-packet rate (bench/bench_probe.py;
 figures in docs/sizing-probe.md). Without numpy the probe still works, packet by packet.
 
 1. Walk the record headers (pcapng: ``PcapngChunks``, the per-packet reader's own block walk,
@@ -29,11 +29,12 @@ the fast path only does what it can prove equal and hands everything else to the
 
 - A chunk whose timestamps go backwards (or behind anything seen before), or that could fill the
   flow table (eviction depends on the order of every packet), is metered packet by packet.
-- A conversation with a TCP SYN, FIN or RST in the chunk, one already closed by FIN/RST, or one
-  that reaches the active timeout in the chunk is fed to ``FlowMeter.add`` packet by packet.
+- A conversation with a TCP FIN or RST in the batch, one already closed by FIN/RST, or one
+  that reaches the active timeout in the batch is fed to ``FlowMeter.add`` packet by packet.
 - Everything else is independent per conversation: only idle splits can happen, and those
-  are found exactly. The table's order (which pair is least recently active, used for eviction)
-  is rebuilt from the packet index of each pair's last creation/move, and the periodic idle scans
+  are found exactly; a SYN there only names the opener (the first SYN of each new pair). The
+  table's order (which pair is least recently active, used for eviction) is rebuilt from the
+  packet index of each pair's last creation/move, and the periodic idle scans
   are replayed at the chunk's last scan time, which removes exactly the pairs the per-packet
   scans would have removed by then (time does not go backwards inside such a chunk).
 
@@ -53,6 +54,7 @@ import mmap
 import operator
 import struct
 import sys
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -72,7 +74,12 @@ from probe.meter import (
     P_LAST,
     P_MOVED,
     P_START,
+    P_SYN_DIR,
     P_VERSION,
+    TH_ACK,
+    TH_FIN,
+    TH_RST,
+    TH_SYN,
 )
 from probe.names import (
     CLIENT_HELLO_FIRST,
@@ -90,7 +97,7 @@ from probe.names import (
 log = logging.getLogger(__name__)
 
 CHUNK_PACKETS = 32_768  # packets per read chunk (the buffer holds their frames)
-BATCH_PACKETS = 131_072  # packets metered at once (about 200 bytes of arrays per packet)
+BATCH_PACKETS = 262_144  # packets metered at once (about 450 bytes of arrays per packet at the peak)
 FIRST_CHUNK_BYTES = 4 << 20  # the first chunk's size; later ones from the packets' mean size
 MAX_CHUNK_BYTES = 128 << 20
 LANE_BYTES = 16_384  # bytes of capture per lane of the vectorised record walk
@@ -99,7 +106,7 @@ SCAN_INTERVAL_US = 1_000_000  # as probe.pipeline: how often (packet time) idle 
 _VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
 _KNOWN_ETYPES = (0x0800, 0x86DD, 0x8847, 0x8848, 0x8864, *_VLAN_TYPES)  # anything else is not IP
 _IP6_EXT = (0, 43, 44, 51, 60)  # left to the exact decoder
-_TCP_ENDS = 0x07  # FIN, SYN, RST: they change a pair's state, so the pair goes packet by packet
+_TCP_ENDS = TH_FIN | TH_RST  # they close a pair (then a SYN may end it): the pair goes packet by packet
 
 TS_MAX = np.iinfo(np.int64).max
 TS_LIMIT = 1 << 62  # times (µs) the arrays take; any other goes packet by packet
@@ -501,15 +508,28 @@ def decode_chunk(chunk: Chunk, errors: dict[str, int]) -> Decoded_chunk:
     return Decoded_chunk(cols, pay_start, pay_end, exact)
 
 
+_BIG_ENDIAN = {2: np.dtype(">u2"), 4: np.dtype(">u4"), 8: np.dtype(">u8")}
+
+
 def _be(rows: np.ndarray, column: int, width: int) -> np.ndarray:
-    value = rows[:, column].astype(np.int64)
-    for k in range(1, width):
-        value = (value << 8) | rows[:, column + k]
-    return value
+    """The big-endian unsigned field of ``width`` bytes at ``column`` of every row, as int64."""
+    return _field(rows, column, width).astype(np.int64)
 
 
 def _be64(rows: np.ndarray, column: int) -> np.ndarray:
-    return np.ascontiguousarray(rows[:, column : column + 8]).view(">u8").ravel().astype(np.uint64)
+    return _field(rows, column, 8).astype(np.uint64)
+
+
+def _field(rows: np.ndarray, column: int, width: int) -> np.ndarray:
+    if not len(rows) or not rows.flags.c_contiguous:
+        rows = np.ascontiguousarray(rows[:, column : column + width])
+        column = 0
+        if not len(rows):
+            return np.zeros(0, dtype=_BIG_ENDIAN[width])
+    # one strided read of the field in place of a read, a shift and an OR per byte
+    return np.ndarray(
+        (len(rows),), dtype=_BIG_ENDIAN[width], buffer=rows, offset=column, strides=(rows.strides[0],)
+    )
 
 
 def _decode_ethernet(chunk: Chunk, cols: Columns, pay_start, pay_end, fast) -> None:
@@ -537,13 +557,10 @@ def _decode_ethernet(chunk: Chunk, cols: Columns, pay_start, pay_end, fast) -> N
             if len(sel):
                 _decode_ip(rows[sel], caplen[sel], sel, off, version, cols, pay_start, pay_end, fast, data)
     ip = np.flatnonzero(fast)
-    cols.vlan[ip] = np.where(tagged[ip], _be(rows[ip], 14, 2) & 0x0FFF, 0)
-    macs = np.zeros((len(ip), 16), dtype=np.uint8)
-    macs[:, 2:8] = rows[ip, 6:12]
-    macs[:, 10:16] = rows[ip, 0:6]
-    pair = macs.view(">u8")
-    cols.smac[ip] = pair[:, 0]
-    cols.dmac[ip] = pair[:, 1]
+    cols.vlan[ip] = np.where(tagged, _be(rows, 14, 2) & 0x0FFF, 0)[ip]
+    # 8 bytes from 4 end with the source MAC (bytes 6-11); 8 from 0 start with the destination's
+    cols.smac[ip] = (_be64(rows, 4) & np.uint64(0xFFFF_FFFF_FFFF))[ip]
+    cols.dmac[ip] = (_be64(rows, 0) >> np.uint64(16))[ip]
     cols.macs[ip] = MAC_SRC | MAC_DST
 
 
@@ -804,7 +821,7 @@ class BatchMeter:
 
     def __init__(self, meter) -> None:
         self.meter = meter
-        self.keys: dict[tuple, tuple] = {}  # numeric identity → the table's key tuple (shared objects)
+        self.keys: dict[bytes, tuple] = {}  # numeric identity → the table's key tuple (shared objects)
         self.macs: dict[int, bytes] = {}
 
     def apply(self, cols: Columns, ip: np.ndarray) -> bool:
@@ -842,17 +859,21 @@ class BatchMeter:
         boundary = np.empty(count, dtype=bool)
         boundary[0] = True
         np.not_equal(group_bits[1:], group_bits[:-1], out=boundary[1:])
-        sorted_parts = [part[order] for part in parts]
+        del group_bits
         exact_boundary = boundary.copy()
-        for column in sorted_parts:  # a hash collision would merge two conversations: check it
+        for part in parts:  # a hash collision would merge two conversations: check it (a column at a time)
+            column = part[order]
             exact_boundary[1:] |= column[1:] != column[:-1]
+        del column
         if (exact_boundary != boundary).any():
             order = np.lexsort(tuple(reversed(parts)))
-            sorted_parts = [part[order] for part in parts]
             boundary = np.zeros(count, dtype=bool)
             boundary[0] = True
-            for column in sorted_parts:
+            for part in parts:
+                column = part[order]
                 boundary[1:] |= column[1:] != column[:-1]
+            del column
+        del exact_boundary
         group_first = np.flatnonzero(boundary)
         group_of = np.cumsum(boundary) - 1
         groups = len(group_first)
@@ -860,10 +881,11 @@ class BatchMeter:
 
         if isinstance(ip, slice):
             ip = np.arange(count)
-        keys = self._keys(sorted_parts, group_first, ip[order[group_first]], cols, flip[order[group_first]])
-        proto_s = sorted_parts[0] & 0xFF
-        del parts, sorted_parts, group_bits, exact_boundary, flip
-        existing = [pairs.get(key) for key in keys]
+        heads = order[group_first]  # each conversation's first packet in the batch
+        keys = self._keys([part[heads] for part in parts], ip[heads], cols, flip[heads])
+        proto_s = parts[0][order] & 0xFF
+        del parts, flip
+        existing = list(map(pairs.get, keys))
         if len(pairs) + existing.count(None) > meter.max_pairs:
             return False
 
@@ -872,7 +894,9 @@ class BatchMeter:
         flags_s = cols.flags[ip][order]
         has = np.array([pair is not None for pair in existing], dtype=bool)
         known = [pair if pair is not None else _NO_PAIR for pair in existing]
-        numbers = np.array(list(map(_PAIR_NUMBERS, known)), dtype=np.int64).reshape(groups, 5)
+        width = _PAIR_NUMBERS_COUNT
+        numbers = np.fromiter(chain.from_iterable(map(_PAIR_NUMBERS, known)), np.int64, groups * width)
+        numbers = numbers.reshape(groups, width)
         old_last, old_start, old_moved = numbers[:, 0], numbers[:, 1], numbers[:, 2]
         had = numbers[:, 3:] > 0  # the pair has packets in direction 0, 1
         closed = np.array(list(map(bool, map(_CLOSED, known))), dtype=bool)
@@ -894,8 +918,9 @@ class BatchMeter:
         seg_begin = np.where(seg_cont, old_start[seg_group], ts_s[seg_first])
         seg_last_ts = ts_s[seg_end - 1]
 
-        # conversations that go packet by packet: TCP SYN/FIN/RST, closed, or reaching the active timeout
-        ends = (proto_s == 6) & ((flags_s & _TCP_ENDS) != 0)
+        # conversations that go packet by packet: TCP FIN/RST, closed, or reaching the active timeout
+        tcp_s = proto_s == PROTO_TCP
+        ends = tcp_s & ((flags_s & _TCP_ENDS) != 0)
         complex_group = closed
         complex_group[group_of[ends]] = True
         complex_group[seg_group[seg_last_ts - seg_begin > meter.active_us]] = True
@@ -910,6 +935,7 @@ class BatchMeter:
         flags0 = np.bitwise_or.reduceat(np.where(zero, flags_s, 0), seg_first)
         flags1 = np.bitwise_or.reduceat(np.where(zero, 0, flags_s), seg_first)
         position = np.arange(count)
+        seg_syn = _syn_sides(tcp_s, flags_s, side_s, position, seg_first, count)
         first0 = np.minimum.reduceat(np.where(zero, position, count), seg_first)
         first1 = np.minimum.reduceat(np.where(zero, count, position), seg_first)
         last0 = np.maximum.reduceat(np.where(zero, ts_s, -1), seg_first)
@@ -920,26 +946,37 @@ class BatchMeter:
         self._apply_simple(
             cols, ip[order], keys, existing, had, np.flatnonzero(simple), group_seg0, last_seg, seg_cont,
             seg_begin, seg_last_ts, side_s[seg_first], packets0, packets1, bytes_all - bytes1, bytes1,
-            flags0, flags1, first0, first1, last0, last1, moved,
+            flags0, flags1, first0, first1, last0, last1, moved, seg_syn,
         )  # fmt: skip
-        events = {}
+        # pairs created or moved in the batch go to the table's end in the order of the packet that did it
         event_of = event[last_seg]
-        for g in np.flatnonzero(simple & (event_of >= 0)).tolist():
-            events[keys[g]] = event_of[g]
+        moved_groups = np.flatnonzero(simple & (event_of >= 0))
+        moved_at = event_of[moved_groups]
         if not simple.all():
+            events: dict[int, int] = {}
             self._apply_complex(cols, ip, order, group_of, keys, complex_group, events)
-        for key in sorted(events, key=events.__getitem__):
+            moved_groups = np.concatenate([moved_groups, np.fromiter(events, np.int64, len(events))])
+            moved_at = np.concatenate([moved_at, np.fromiter(events.values(), np.int64, len(events))])
+        for key in map(keys.__getitem__, moved_groups[np.argsort(moved_at)].tolist()):  # packets: unique
             pairs[key] = pairs.pop(key)
         return True
 
-    def _keys(self, sorted_parts, group_first, heads, cols, flipped) -> list[tuple]:
-        """The table key of each group, (proto, src, sport, dst, dport) as FlowMeter.add makes it."""
+    def _keys(self, identity, heads, cols, flipped) -> list[tuple]:
+        """The table key of each group, (proto, src, sport, dst, dport) as FlowMeter.add makes it.
+
+        ``identity``: the canonical key columns at the groups' first packets ``heads``.
+        """
         cache = self.keys
         if len(cache) > 4 * self.meter.max_pairs:
             cache.clear()
-        identities = list(zip(*(column[group_first].tolist() for column in sorted_parts), strict=True))
+        # one 48-byte string per conversation (the six key columns side by side): a far cheaper dict
+        # key than a tuple of six ints; fixed width, so stripping trailing NULs keeps it one-to-one
+        rows = np.empty((len(heads), len(identity)), dtype=np.uint64)
+        for k, column in enumerate(identity):
+            rows[:, k] = column
+        identities = rows.view(f"S{8 * len(identity)}").ravel().tolist()
         get = cache.get
-        keys = [get(identity) for identity in identities]
+        keys = list(map(get, identities))
         missing = [g for g, key in enumerate(keys) if key is None]
         if missing:
             packets = heads[missing]
@@ -978,7 +1015,7 @@ class BatchMeter:
 
     def _apply_simple(self, cols, packet_sorted, keys, existing, had, simple, group_seg0, last_seg, seg_cont,
                       seg_begin, seg_last_ts, seg_side, packets0, packets1, bytes0, bytes1, flags0, flags1,
-                      first0, first1, last0, last1, moved) -> None:  # fmt: skip
+                      first0, first1, last0, last1, moved, seg_syn) -> None:  # fmt: skip
         meter = self.meter
         pairs = meter.pairs
         export = meter._export
@@ -1002,6 +1039,7 @@ class BatchMeter:
                                  packets1, bytes0, bytes1, flags0, flags1, first0, first1, last0, last1, moved)
         )  # fmt: skip
         packets = packet_sorted.tolist()
+        syn_of = seg_syn.tolist() if seg_syn is not None else None
         for g in simple.tolist():
             key = keys[g]
             pair = existing[g]
@@ -1043,6 +1081,8 @@ class BatchMeter:
                     if n1[s]:
                         pair[P_DIR1 : P_DIR1 + 9] = direction(packets[p1[s]], n1[s], b1[s], f1[s], l1[s])
                     pairs[key] = pair
+                if syn_of is not None and syn_of[s] >= 0 and pair[P_SYN_DIR] < 0:
+                    pair[P_SYN_DIR] = syn_of[s]
             pair[P_MOVED] = s_moved[final_seg]
             if len(meter.pending) >= meter.batch:
                 meter.deliver()
@@ -1087,12 +1127,30 @@ class BatchMeter:
                 dport, flags, tos, nbytes, mac(smac, bool(macs & MAC_SRC)), mac(dmac, bool(macs & MAC_DST)))  # fmt: skip
             new = pairs[key]
             if new is not old or new[P_MOVED] != old_moved:
-                events[key] = position
+                events[group] = position
 
 
 _NO_PAIR = EMPTY_PAIR
 _PAIR_NUMBERS = operator.itemgetter(P_LAST, P_START, P_MOVED, P_DIR0, P_DIR1)
+_PAIR_NUMBERS_COUNT = 5
 _CLOSED = operator.itemgetter(P_CLOSED)
+
+
+def _syn_sides(tcp_s, flags_s, side_s, position, seg_first, count) -> np.ndarray | None:
+    """Per segment, the side its first TCP SYN makes the opener, as ``FlowMeter.add`` does (-1: no SYN).
+
+    None when the batch has no SYN. Only used for pairs without FIN/RST in the batch and not
+    closed: there a SYN changes nothing else.
+    """
+    syn = tcp_s & ((flags_s & TH_SYN) != 0)
+    if not syn.any():
+        return None
+    first = np.minimum.reduceat(np.where(syn, position, count), seg_first)
+    found = first < count
+    at = first[found]
+    sides = np.full(len(seg_first), -1, dtype=np.int64)
+    sides[found] = np.where((flags_s[at] & TH_ACK) != 0, 1 - side_s[at], side_s[at])
+    return sides
 
 
 def _moves(ts_s, order, seg_first, seg_end, seg_cont, seg_old_moved, last_seg):

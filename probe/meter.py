@@ -61,6 +61,7 @@ D_PACKETS, D_BYTES, D_FLAGS, D_FIRST, D_LAST, D_TOS, D_VLAN, D_SRC_MAC, D_DST_MA
 EMPTY_PAIR = (0, 0, 0, 0, -1, 0, "", 0, *(0, 0, 0, 0, 0, 0, 0, b"", b""), *(0, 0, 0, 0, 0, 0, 0, b"", b""))
 
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
+_TEN_ZEROS = bytes(10)
 
 ICMP_OPENERS = frozenset((8, 13, 15, 17, 10, 35, 37))  # echo, timestamp, info, mask, router sol.
 ICMPV6_OPENERS = frozenset((128, 130, 133, 135, 139, 141, 144, 146))  # echo, MLD query, RS, NS, …
@@ -274,8 +275,12 @@ class FlowMeter:
         if text is None:
             if len(cache) > 100_000:
                 cache.clear()
-            if len(packed) == 4:  # inet_ntop is several times faster and spells IPv4 the same
+            # inet_ntop is several times faster and spells addresses as ipaddress does (RFC 5952),
+            # except the IPv6 ones it writes with a dotted IPv4 tail (::ffff:a.b.c.d, ::a.b.c.d)
+            if len(packed) == 4:
                 text = cache[packed] = socket.inet_ntop(socket.AF_INET, packed)
+            elif packed[:10] != _TEN_ZEROS:
+                text = cache[packed] = socket.inet_ntop(socket.AF_INET6, packed)
             else:
                 text = cache[packed] = str(ipaddress.ip_address(packed))
         return text

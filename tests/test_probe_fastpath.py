@@ -407,3 +407,111 @@ def test_interesting_alone_arrays(packets: list[tuple[int, int, bytes]]) -> None
     got = fastpath.interesting_alone(np.frombuffer(data, np.uint8), proto, sport, starts, ends).tolist()
     extractor = NameExtractor("t")
     assert got == [extractor.interesting(p, s, 40000, b) for p, s, b in packets]
+
+
+# ---------------------------------------------------------------- SYN in the batch; key identities
+
+
+def _tcp4(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 0x50, flags, 1000, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, ipaddress.ip_address(src).packed,
+                     ipaddress.ip_address(dst).packed)  # fmt: skip
+    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + tcp + bytes(6)
+
+
+def _udp4(src: str, dst: str, sport: int, dport: int) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, ipaddress.ip_address(src).packed,
+                     ipaddress.ip_address(dst).packed)  # fmt: skip
+    return (
+        b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00"
+        + ip
+        + struct.pack("!HHHH", sport, dport, 8, 0)
+        + bytes(18)
+    )
+
+
+SYN, SYN_ACK, ACK = 0x02, 0x12, 0x10
+
+
+def _opening_traffic(path: Path) -> int:
+    """TCP conversations opened (never closed) across two batches (with ``small_chunks``), and UDP
+    ones whose keys are mostly zero bytes; returns the first packet's time."""
+    start = 1_650_000_000_000_000
+    frames = [
+        _tcp4("10.0.0.1", "10.0.0.2", 40000, 443, SYN),  # A: handshake seen whole
+        _tcp4("10.0.0.2", "10.0.0.1", 443, 40000, SYN_ACK),
+        _tcp4("10.0.0.9", "10.0.0.3", 80, 50000, SYN_ACK),  # B: only the SYN+ACK: the other side opened
+        _tcp4("10.0.0.4", "10.0.0.5", 6000, 7000, ACK),  # C: data first (no port hint), its SYN later
+        _tcp4("10.0.0.6", "10.0.0.7", 5000, 5001, SYN),  # D: opened, idle, then opened the other way
+    ]
+    frames += [
+        _tcp4("10.0.0.1", "10.0.0.2", 40000, 443, ACK),
+        _tcp4("10.0.0.2", "10.0.0.1", 443, 40000, ACK),
+    ] * 8000
+    frames += [
+        _tcp4("10.0.0.5", "10.0.0.4", 7000, 6000, SYN),
+        _tcp4("10.0.0.4", "10.0.0.5", 6000, 7000, SYN_ACK),
+    ]
+    frames += [_udp4(a, b, sport, dport) for a, b in (("0.0.0.0", "0.0.0.0"), ("0.0.0.1", "1.0.0.0"),
+                                                      ("1.0.0.0", "0.0.0.1"), ("0.1.0.0", "0.0.1.0"))
+               for sport, dport in ((0, 0), (0, 1), (1, 0), (256, 0), (0, 256))]  # fmt: skip
+    frames += [_tcp4("10.0.0.2", "10.0.0.1", 443, 40000, ACK)] * 2000
+    times = [start + 20 * i for i in range(len(frames))]
+    frames.append(_tcp4("10.0.0.7", "10.0.0.6", 5001, 5000, SYN))  # D again, after more than the idle timeout
+    times.append(times[-1] + 2_000_000)
+    frames.append(_tcp4("10.0.0.6", "10.0.0.7", 5000, 5001, ACK))
+    times.append(times[-1] + 1)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for ts, frame in zip(times, frames, strict=True):
+            out.write(struct.pack("<IIII", ts // 1_000_000, ts % 1_000_000, len(frame), len(frame)) + frame)
+    return start
+
+
+def test_syn_opened_conversations_stay_in_the_batch(
+    tmp_path: Path, batches, small_chunks, monkeypatch
+) -> None:
+    """A SYN without FIN/RST only names the opener: such conversations are metered in the batch (none
+    goes through FlowMeter.add), with the initiator the per-packet path gives, also when the SYN comes
+    in a later batch or after an idle split; conversations whose keys are mostly zero bytes (their
+    identities end in NULs) stay apart."""
+    path = tmp_path / "opening.pcap"
+    start = _opening_traffic(path)
+    flows, _names, _health, error = assert_same([path], idle_timeout=1.0)
+    assert error is None and len(batches) >= 2 and all(batches)
+    by_ports = {(f[6], f[8]): (f[5], f[7], f[9], f[17]) for f in flows if f[4] == 6}
+    assert by_ports[(40000, 443)] == ("10.0.0.1", "10.0.0.2", 8001, "src")
+    assert by_ports[(443, 40000)] == ("10.0.0.2", "10.0.0.1", 10001, "dst")
+    assert by_ports[(80, 50000)] == ("10.0.0.9", "10.0.0.3", 1, "dst")
+    assert by_ports[(6000, 7000)] == ("10.0.0.4", "10.0.0.5", 2, "dst")  # its SYN came in the second batch
+    assert by_ports[(7000, 6000)] == ("10.0.0.5", "10.0.0.4", 1, "src")
+    d_flows = sorted((f[1], f[6], f[FLOW_END_REASON], f[17]) for f in flows if f[6] in (5000, 5001))
+    assert d_flows[0] == (start + 80, 5000, "idle", "src")
+    assert [row[1:] for row in d_flows[1:]] == [
+        (5001, "end-of-capture", "src"),
+        (5000, "end-of-capture", "dst"),
+    ]
+    assert len([f for f in flows if f[4] == 17]) == 20  # 4 address pairs x 5 port pairs: 20 one-way flows
+
+    calls = []
+    original = fastpath.BatchMeter._apply_complex
+    monkeypatch.setattr(
+        fastpath.BatchMeter, "_apply_complex", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    assert _run([path], True, idle_timeout=1.0)[0] == flows
+    assert calls == []
+
+
+@pytest.mark.parametrize("rows_kind", ["contiguous", "every-other-row", "column-slice", "empty"])
+def test_big_endian_fields(rows_kind: str) -> None:
+    """Header fields read with one strided view equal the bytes put together one by one."""
+    rows = np.random.default_rng(5).integers(0, 256, (301, fastpath.HEAD), dtype=np.uint8)
+    rows = {"contiguous": rows, "every-other-row": rows[::2], "column-slice": rows[:, 3:], "empty": rows[:0]}[
+        rows_kind
+    ]
+    for column in range(rows.shape[1] - 8):
+        for width in (2, 4, 8):
+            expected = [int.from_bytes(bytes(row[column : column + width]), "big") for row in rows]
+            got = fastpath._be64(rows, column) if width == 8 else fastpath._be(rows, column, width)
+            assert got.dtype == (np.uint64 if width == 8 else np.int64)
+            assert got.tolist() == expected

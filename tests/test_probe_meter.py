@@ -10,6 +10,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostflow.records import Flow, validate_flow
 from probe.meter import FlowMeter
@@ -206,3 +208,19 @@ def test_meter_files_times_from_the_capture(tmp_path: Path) -> None:
     assert stats.parse_errors == {"tcp-truncated": 1}
     assert stats.flows_exported == 4
     assert sink.health["packets_captured"] == 5 and sink.health["parse_errors"] == {"tcp-truncated": 1}
+
+
+_WORD = st.one_of(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xFFFE]), st.integers(0, 0xFFFF))
+
+
+@given(st.lists(_WORD, min_size=8, max_size=8), st.booleans())
+@settings(max_examples=2000, deadline=None)
+def test_address_text_is_ipaddress_text(words: list[int], mapped: bool) -> None:
+    """Flows spell addresses as ``ipaddress`` does (the contract), whether the meter writes them with
+    inet_ntop or not: runs of zeros anywhere, IPv4-mapped and -compatible IPv6, and IPv4."""
+    if mapped:
+        words[:6] = [0, 0, 0, 0, 0, words[5] if words[5] in (0, 0xFFFF) else 0xFFFF]
+    packed = b"".join(word.to_bytes(2, "big") for word in words)
+    meter = FlowMeter(MeterOptions(), lambda flows: None)
+    assert meter._addr(packed) == str(ipaddress.ip_address(packed))
+    assert meter._addr(packed[:4]) == str(ipaddress.ip_address(packed[:4]))
