@@ -494,6 +494,31 @@ def _hosts(ctx: Context, params: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+HOST_FLOW_COLUMNS = [
+    ("flow_start", I64),
+    ("flow_end", I64),
+    ("direction", STR),
+    ("host_port", I64),
+    ("peer_addr", STR),
+    ("peer_port", I64),
+    ("protocol", I64),
+    ("service", STR),
+    ("packets", I64),
+    ("bytes", I64),
+    ("tcp_flags", I64),
+    ("initiator", STR),
+    ("end_reason", STR),
+    ("scope", STR),
+    ("cast", STR),
+    ("peer_name", STR),
+    ("name_source", STR),
+    ("cname_chain", pa.list_(STR)),
+    ("domain", STR),
+    ("probe_id", STR),
+    ("sampling", I64),
+]
+
+
 @named(
     "host_flows",
     "the host's flows, oriented from the host, with the peer's attributed name",
@@ -505,29 +530,7 @@ def _hosts(ctx: Context, params: dict[str, Any]) -> list[dict[str, Any]]:
         **FILTERS,
         "limit": Param("int", "at most this many flows", 10000),
     },
-    [
-        ("flow_start", I64),
-        ("flow_end", I64),
-        ("direction", STR),
-        ("host_port", I64),
-        ("peer_addr", STR),
-        ("peer_port", I64),
-        ("protocol", I64),
-        ("service", STR),
-        ("packets", I64),
-        ("bytes", I64),
-        ("tcp_flags", I64),
-        ("initiator", STR),
-        ("end_reason", STR),
-        ("scope", STR),
-        ("cast", STR),
-        ("peer_name", STR),
-        ("name_source", STR),
-        ("cname_chain", pa.list_(STR)),
-        ("domain", STR),
-        ("probe_id", STR),
-        ("sampling", I64),
-    ],
+    HOST_FLOW_COLUMNS,
 )
 def _host_flows(ctx: Context, params: dict[str, Any]) -> list[dict[str, Any]]:
     host = params["host"]
@@ -567,31 +570,8 @@ def _attribute_flows(ctx: Context, rows: list[dict[str, Any]], start: int, host:
         row["domain"] = registered_domain(hit.name) if hit else ""
 
 
-FLOW_COLUMNS = [
-    ("flow_start", I64),
-    ("flow_end", I64),
-    ("host", STR),
-    ("direction", STR),
-    ("host_port", I64),
-    ("peer_addr", STR),
-    ("peer_port", I64),
-    ("protocol", I64),
-    ("service", STR),
-    ("packets", I64),
-    ("bytes", I64),
-    ("tcp_flags", I64),
-    ("initiator", STR),
-    ("end_reason", STR),
-    ("scope", STR),
-    ("cast", STR),
-    ("peer_name", STR),
-    ("name_source", STR),
-    ("cname_chain", pa.list_(STR)),
-    ("domain", STR),
-    ("probe_id", STR),
-    ("sampling", I64),
-    ("matched", I64),
-]
+# every flow once (``flows``): a host flow's columns, with the host it is listed under and the count
+FLOW_COLUMNS = [*HOST_FLOW_COLUMNS[:2], ("host", STR), *HOST_FLOW_COLUMNS[2:], ("matched", I64)]
 
 
 def host_side(row: dict[str, Any], classifier: Classifier) -> str:

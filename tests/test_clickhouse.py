@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -658,18 +660,16 @@ from tests import test_app_sankey as app_tests  # noqa: E402
 from tests.test_app_sankey import app  # noqa: E402, F401  (the page fixture, fed by `collector` below)
 
 
-@pytest.fixture(scope="module")
-def collector(clickhouse_cluster, tmp_path_factory):
-    """test_app_sankey's lab collector, but storing in the two-shard cluster."""
+@contextmanager
+def lab_collector(cluster, runtime: Path) -> Iterator[lab2.Collector]:
+    """The app tests' lab collector (tests/ui_scenario.py), a real daemon storing in the cluster."""
     from tests.plugins.collector import CollectorProcess
 
-    house = new_database(clickhouse_cluster)
+    house = new_database(cluster)
     tokens = (f"{lab2.TOKEN}={lab2.PROBE}", f"{lab2.TOKEN2}={lab2.PROBE2}")
-    process = CollectorProcess(
-        tmp_path_factory.mktemp("ch-app") / "app.runtime", extra_args=clickhouse_args(house, *tokens)
-    )
-    process.start()
+    process = CollectorProcess(runtime, extra_args=clickhouse_args(house, *tokens))
     try:
+        process.start()
         server = lab2.Collector(process.url, process.proc)
         for token, batch in lab2.batches(lab2.build()):
             server.post(token, batch)
@@ -677,7 +677,14 @@ def collector(clickhouse_cluster, tmp_path_factory):
     finally:
         process.stop()
         house.close()
-        drop(clickhouse_cluster, house.db)
+        drop(cluster, house.db)
+
+
+@pytest.fixture(scope="module")
+def collector(clickhouse_cluster, tmp_path_factory):
+    """test_app_sankey's lab collector, but storing in the two-shard cluster."""
+    with lab_collector(clickhouse_cluster, tmp_path_factory.mktemp("ch-app") / "app.runtime") as server:
+        yield server
 
 
 test_app_default_view = app_tests.test_default_view_is_the_latest_hour_of_the_busiest_host

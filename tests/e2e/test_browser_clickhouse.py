@@ -8,40 +8,18 @@ the one thing replaced).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import pytest
 
-from tests import ui_scenario as lab
 from tests.e2e import test_browser as walk
 from tests.e2e.test_browser import app_url, browser  # noqa: F401  (fixtures, fed by app_collector below)
-from tests.plugins.collector import CollectorProcess
-from tests.test_clickhouse import clickhouse_args, drop, new_database
+from tests.test_clickhouse import lab_collector
 
 pytestmark = [pytest.mark.browser, pytest.mark.clickhouse]
 
 
 @pytest.fixture(scope="module")
 def app_collector(clickhouse_cluster):
-    @contextmanager
-    def start(tmp: Path) -> Iterator[lab.Collector]:
-        house = new_database(clickhouse_cluster)
-        tokens = (f"{lab.TOKEN}={lab.PROBE}", f"{lab.TOKEN2}={lab.PROBE2}")
-        process = CollectorProcess(tmp / "app.runtime", extra_args=clickhouse_args(house, *tokens))
-        try:
-            process.start()
-            server = lab.Collector(process.url, process.proc)
-            for token, batch in lab.batches(lab.build()):
-                server.post(token, batch)
-            yield server
-        finally:
-            process.stop()
-            house.close()
-            drop(clickhouse_cluster, house.db)
-
-    return start
+    return lambda tmp: lab_collector(clickhouse_cluster, tmp / "app.runtime")
 
 
 @pytest.fixture(autouse=True)
