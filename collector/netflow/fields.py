@@ -168,6 +168,25 @@ def _uptime_delta_ms(uptime_ms: int, stamp_ms: int) -> int:
     return delta - (1 << 32) if delta >= 1 << 31 else delta
 
 
+# absolute time elements, by suffix after flowStart/flowEnd, in the order they are preferred
+_ABSOLUTE_TIMES: tuple[tuple[str, Any], ...] = (
+    ("Milliseconds", lambda value, export_us: value * 1000),
+    ("Seconds", lambda value, export_us: value * 1_000_000),
+    ("Microseconds", lambda value, export_us: ntp_to_us(value)),
+    ("Nanoseconds", lambda value, export_us: ntp_to_us(value)),
+    ("DeltaMicroseconds", lambda value, export_us: export_us - value),
+)
+
+
+def _absolute_time(rec: dict[str, Any], prefix: str, export_us: int) -> int | None:
+    """µs from the first of flowStart*/flowEnd* (``prefix``) time elements the record carries."""
+    for suffix, to_us in _ABSOLUTE_TIMES:
+        key = prefix + suffix
+        if key in rec:
+            return to_us(rec[key], export_us)
+    return None
+
+
 def record_times(
     rec: dict[str, Any], export_us: int, uptime_ms: int | None, init_ms: int | None
 ) -> tuple[int, int]:
@@ -192,27 +211,9 @@ def record_times(
             end = export_us
             start = end - ((last - first) & 0xFFFFFFFF) * 1000
     if start is None:
-        if "flowStartMilliseconds" in rec:
-            start = rec["flowStartMilliseconds"] * 1000
-        elif "flowStartSeconds" in rec:
-            start = rec["flowStartSeconds"] * 1_000_000
-        elif "flowStartMicroseconds" in rec:
-            start = ntp_to_us(rec["flowStartMicroseconds"])
-        elif "flowStartNanoseconds" in rec:
-            start = ntp_to_us(rec["flowStartNanoseconds"])
-        elif "flowStartDeltaMicroseconds" in rec:
-            start = export_us - rec["flowStartDeltaMicroseconds"]
+        start = _absolute_time(rec, "flowStart", export_us)
     if end is None:
-        if "flowEndMilliseconds" in rec:
-            end = rec["flowEndMilliseconds"] * 1000
-        elif "flowEndSeconds" in rec:
-            end = rec["flowEndSeconds"] * 1_000_000
-        elif "flowEndMicroseconds" in rec:
-            end = ntp_to_us(rec["flowEndMicroseconds"])
-        elif "flowEndNanoseconds" in rec:
-            end = ntp_to_us(rec["flowEndNanoseconds"])
-        elif "flowEndDeltaMicroseconds" in rec:
-            end = export_us - rec["flowEndDeltaMicroseconds"]
+        end = _absolute_time(rec, "flowEnd", export_us)
     if start is None or end is None:
         duration = get("flowDurationMicroseconds")
         if duration is None and "flowDurationMilliseconds" in rec:

@@ -13,15 +13,20 @@ _COUNT_UNITS = ("", "k", "M", "G", "T")
 PROTOCOL_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 47: "GRE", 50: "ESP", 132: "SCTP", 2: "IGMP"}
 
 
+def _scaled(number: float, units: int) -> tuple[float, int]:
+    """``number`` divided by 1000 until below 1000 or out of units, and how many times."""
+    unit = 0
+    while abs(number) >= 1000 and unit < units - 1:
+        number /= 1000
+        unit += 1
+    return number, unit
+
+
 def human_bytes(value: float | int | None) -> str:
     """1000-based units, as link speeds and the research paper count them: 512000 → '512 KB'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    number = float(value)
-    unit = 0
-    while abs(number) >= 1000 and unit < len(_BYTE_UNITS) - 1:
-        number /= 1000
-        unit += 1
+    number, unit = _scaled(float(value), len(_BYTE_UNITS))
     if unit == 0:
         return f"{int(number)} B"
     return f"{number:.3g} {_BYTE_UNITS[unit]}" if abs(number) < 100 else f"{number:.0f} {_BYTE_UNITS[unit]}"
@@ -30,11 +35,7 @@ def human_bytes(value: float | int | None) -> str:
 def human_count(value: float | int | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    number = float(value)
-    unit = 0
-    while abs(number) >= 1000 and unit < len(_COUNT_UNITS) - 1:
-        number /= 1000
-        unit += 1
+    number, unit = _scaled(float(value), len(_COUNT_UNITS))
     if unit == 0:
         return f"{int(number)}"
     return f"{number:.3g}{_COUNT_UNITS[unit]}"
@@ -51,11 +52,8 @@ def axis_unit(peak: float | int, measure: str) -> tuple[int, str]:
     """(divisor, unit) for a chart axis whose largest value is ``peak``: the unit human_bytes /
     human_count would print for it (1000-based), so axis, hover and tables speak the same units."""
     units = _BYTE_UNITS if measure == "bytes" else _COUNT_UNITS
-    divisor, unit = 1, 0
-    while abs(peak) >= divisor * 1000 and unit < len(units) - 1:
-        divisor *= 1000
-        unit += 1
-    return divisor, units[unit]
+    _, unit = _scaled(float(peak), len(units))
+    return 1000**unit, units[unit]
 
 
 def protocol_name(number: int | None) -> str:
