@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from .templates import DecodeError, FieldSpec, Template
@@ -87,42 +88,33 @@ def parse_header(data: bytes) -> tuple[Header, memoryview]:
     return header, memoryview(data)[header_struct.size : need]
 
 
+def _elements(*pairs: tuple[str, int]) -> tuple[tuple[str, ...], Any]:
+    """(element names, a getter of their values from an unpacked record) from (name, index) pairs."""
+    return tuple(name for name, _ in pairs), itemgetter(*(index for _, index in pairs))
+
+
+_COMMON = (
+    ("sourceIPv4Address", 0),
+    ("destinationIPv4Address", 1),
+    ("packetDeltaCount", 5),
+    ("octetDeltaCount", 6),
+    ("flowStartSysUpTime", 7),
+    ("flowEndSysUpTime", 8),
+    ("sourceTransportPort", 9),
+    ("destinationTransportPort", 10),
+)
+_ELEMENTS_V5 = _elements(
+    *_COMMON, ("tcpControlBits", 11), ("protocolIdentifier", 12), ("ipClassOfService", 13)
+)
+_ELEMENTS_V1 = _elements(
+    *_COMMON, ("protocolIdentifier", 11), ("ipClassOfService", 12), ("tcpControlBits", 13)
+)
+
+
 def parse(data: bytes) -> tuple[Header, list[dict[str, Any]]]:
     """A v5 or v1 packet → header and records (dicts keyed by IPFIX element names)."""
     header, body = parse_header(data)
     record_struct = RECORD if header.version == 5 else RECORD_V1
-    if header.version == 5:
-        records = [
-            {
-                "sourceIPv4Address": r[0],
-                "destinationIPv4Address": r[1],
-                "packetDeltaCount": r[5],
-                "octetDeltaCount": r[6],
-                "flowStartSysUpTime": r[7],
-                "flowEndSysUpTime": r[8],
-                "sourceTransportPort": r[9],
-                "destinationTransportPort": r[10],
-                "tcpControlBits": r[11],
-                "protocolIdentifier": r[12],
-                "ipClassOfService": r[13],
-            }
-            for r in record_struct.iter_unpack(body)
-        ]
-    else:
-        records = [
-            {
-                "sourceIPv4Address": r[0],
-                "destinationIPv4Address": r[1],
-                "packetDeltaCount": r[5],
-                "octetDeltaCount": r[6],
-                "flowStartSysUpTime": r[7],
-                "flowEndSysUpTime": r[8],
-                "sourceTransportPort": r[9],
-                "destinationTransportPort": r[10],
-                "protocolIdentifier": r[11],
-                "ipClassOfService": r[12],
-                "tcpControlBits": r[13],
-            }
-            for r in record_struct.iter_unpack(body)
-        ]
+    names, pick = _ELEMENTS_V5 if header.version == 5 else _ELEMENTS_V1
+    records = [dict(zip(names, pick(r), strict=True)) for r in record_struct.iter_unpack(body)]
     return header, records
