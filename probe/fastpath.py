@@ -54,6 +54,7 @@ import mmap
 import operator
 import struct
 import sys
+from collections.abc import Iterator
 from itertools import chain
 from typing import NamedTuple
 
@@ -993,6 +994,17 @@ class BatchMeter:
                 cache[identities[g]] = keys[g] = key
         return keys
 
+    def add_args(self, cols: Columns, packets: np.ndarray) -> Iterator[tuple]:
+        """``FlowMeter.add``'s arguments for each of ``packets`` (decoded IP packets), in their order."""
+        mac = self._mac
+        columns = (cols.ts, cols.vlan, cols.version, cols.proto, cols.sport, cols.dport, cols.flags, cols.tos,
+                   cols.nbytes, cols.src_hi, cols.src_lo, cols.dst_hi, cols.dst_lo, cols.smac, cols.dmac, cols.macs)  # fmt: skip
+        for ts, vlan, version, proto, sport, dport, flags, tos, nbytes, s_hi, s_lo, d_hi, d_lo, smac, dmac, macs in zip(
+            *(column[packets].tolist() for column in columns), strict=True
+        ):  # fmt: skip
+            yield (ts, vlan, version, proto, addr_bytes(version, s_hi, s_lo), addr_bytes(version, d_hi, d_lo), sport,
+                   dport, flags, tos, nbytes, mac(smac, bool(macs & MAC_SRC)), mac(dmac, bool(macs & MAC_DST)))  # fmt: skip
+
     def _mac(self, value: int, present: bool) -> bytes:
         if not present:
             return b""
@@ -1095,36 +1107,12 @@ class BatchMeter:
         group_by_packet[order] = group_of
         chosen = np.flatnonzero(complex_group[group_by_packet])
         packets = ip[chosen]
-        values = [column[packets].tolist() for column in (cols.ts, cols.vlan, cols.version, cols.proto,
-                                                          cols.sport, cols.dport, cols.flags, cols.tos,
-                                                          cols.nbytes, cols.src_hi, cols.src_lo, cols.dst_hi,
-                                                          cols.dst_lo, cols.smac, cols.dmac, cols.macs)]  # fmt: skip
-        mac = self._mac
-        for position, group, row in zip(chosen.tolist(), group_by_packet[chosen].tolist(), zip(*values, strict=True),
-                                        strict=True):  # fmt: skip
-            (
-                ts,
-                vlan,
-                version,
-                proto,
-                sport,
-                dport,
-                flags,
-                tos,
-                nbytes,
-                s_hi,
-                s_lo,
-                d_hi,
-                d_lo,
-                smac,
-                dmac,
-                macs,
-            ) = row
+        for position, group, args in zip(chosen.tolist(), group_by_packet[chosen].tolist(),
+                                         self.add_args(cols, packets), strict=True):  # fmt: skip
             key = keys[group]
             old = pairs.get(key)
             old_moved = old[P_MOVED] if old is not None else None
-            add(ts, vlan, version, proto, addr_bytes(version, s_hi, s_lo), addr_bytes(version, d_hi, d_lo), sport,
-                dport, flags, tos, nbytes, mac(smac, bool(macs & MAC_SRC)), mac(dmac, bool(macs & MAC_DST)))  # fmt: skip
+            add(*args)
             new = pairs[key]
             if new is not old or new[P_MOVED] != old_moved:
                 events[group] = position

@@ -246,37 +246,12 @@ class _Engine:
                 self._deliver_names()
             return
         add = self.meter.add
-        mac = batch._mac
-        addr = fastpath.addr_bytes
         next_scan = self.next_scan
         ip_mask = (cols.kind == fastpath.KIND_IP).tolist()
-        columns = (cols.ts, cols.vlan, cols.version, cols.proto, cols.sport, cols.dport, cols.flags, cols.tos,
-                   cols.nbytes, cols.src_hi, cols.src_lo, cols.dst_hi, cols.dst_lo, cols.smac, cols.dmac, cols.macs)  # fmt: skip
-        for is_ip, row in zip(
-            ip_mask, zip(*(column.tolist() for column in columns), strict=True), strict=True
-        ):
-            (
-                ts,
-                vlan,
-                version,
-                proto,
-                sport,
-                dport,
-                flags,
-                tos,
-                nbytes,
-                s_hi,
-                s_lo,
-                d_hi,
-                d_lo,
-                smac,
-                dmac,
-                macs,
-            ) = row
+        args = batch.add_args(cols, ip)
+        for is_ip, ts in zip(ip_mask, cols.ts.tolist(), strict=True):
             if is_ip:
-                add(ts, vlan, version, proto, addr(version, s_hi, s_lo), addr(version, d_hi, d_lo), sport, dport,
-                    flags, tos, nbytes, mac(smac, bool(macs & fastpath.MAC_SRC)),
-                    mac(dmac, bool(macs & fastpath.MAC_DST)))  # fmt: skip
+                add(*next(args))
             if next_scan is None:
                 next_scan = ts + SCAN_INTERVAL_US
             elif ts >= next_scan:
