@@ -265,6 +265,15 @@ ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 
 
+def _live_interface(iface: str, bpf: str | None) -> tuple[str, int, bytes | None]:
+    """(name, index, compiled filter or None) of a capture interface; ProbeInputError if either is bad."""
+    try:
+        index = socket.if_nametoindex(iface)
+    except OSError as exc:
+        raise ProbeInputError(f"no such network interface: {iface!r}") from exc
+    return iface, index, compile_bpf(bpf, iface) if bpf else None
+
+
 def compile_bpf(expression: str, iface: str | None) -> bytes:
     """Compile a BPF filter with libpcap (through scapy); raise ProbeInputError on a bad one."""
     from scapy.arch.common import compile_filter
@@ -290,12 +299,7 @@ class LiveCapture:
     """
 
     def __init__(self, iface: str, bpf: str | None = None, snaplen: int = MAX_RECORD, bufsize: int = 1 << 25):
-        try:
-            self.ifindex = socket.if_nametoindex(iface)
-        except OSError as exc:
-            raise ProbeInputError(f"no such network interface: {iface!r}") from exc
-        self.iface = iface
-        program = compile_bpf(bpf, iface) if bpf else None
+        self.iface, self.ifindex, program = _live_interface(iface, bpf)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
@@ -411,12 +415,7 @@ class RingCapture:
         import numpy  # the ring is only worth it with the vectorised decoder
 
         self.np = numpy
-        try:
-            self.ifindex = socket.if_nametoindex(iface)
-        except OSError as exc:
-            raise ProbeInputError(f"no such network interface: {iface!r}") from exc
-        self.iface = iface
-        program = compile_bpf(bpf, iface) if bpf else None
+        self.iface, self.ifindex, program = _live_interface(iface, bpf)
         blocks = max(4, bufsize // RING_BLOCK_BYTES)
         # protocol 0: nothing is queued before the filter and the ring are in place and bind() names the iface
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
