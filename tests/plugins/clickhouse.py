@@ -296,7 +296,7 @@ def chdb_store_class(engine: ChdbEngine) -> type:
 
 @pytest.fixture(scope="session")
 def chdb_engine(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("chdb", reason="chdb-core is not installed (requirements-dev.txt)")
+    pytest.importorskip("chdb", reason="chdb-core-lite is not installed (requirements-dev.txt)")
     engine = ChdbEngine(tmp_path_factory.mktemp("chdb"))
     try:
         yield engine
