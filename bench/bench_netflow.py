@@ -7,7 +7,9 @@ In process (one core, no sockets):
 - decode only, per-record path (``NetflowDecoder.feed`` → Flow objects) and columnar path
   (``feed(..., batch)`` + ``batch.tables()`` → Arrow columns);
 - decode + store in a DuckDB file: columnar + ``Store.ingest_columns`` (what the collector does),
-  and per-record + ``Store.ingest`` (the old way; on at most 200,000 records, it is slow).
+  and per-record + ``Store.ingest`` (the old way; on at most 200,000 records, it is slow);
+- DuckDB's own INSERT of the same records decoded beforehand (Arrow, 200,000 rows a transaction),
+  printed beside nfcapd's unpaced run: no collector that stores into this table can pass it.
 
 Over loopback, the same datagrams replayed by one sender at each ``--rates`` value (records/s;
 0 = as fast as the sending socket takes them) to:
@@ -168,6 +170,41 @@ def store_per_record(datagrams: list[bytes], workdir: Path) -> tuple[float, int]
     elapsed = time.perf_counter() - start
     store.close()
     return elapsed, stored
+
+
+def insert_ceiling(datagrams: list[bytes], workdir: Path) -> tuple[float, float, int]:
+    """DuckDB's own INSERT of the same records already decoded (Arrow, 200,000 rows a transaction).
+
+    No decoding, validation or bookkeeping: the most any collector that stores into this DuckDB
+    table could reach here. Returns (elapsed s, CPU s of this process, rows).
+    """
+    import duckdb
+
+    from collector.store import Store
+
+    path = workdir / "ceiling.duckdb"
+    Store(str(path)).close()  # the collector's own schema
+    decoder = NetflowDecoder()
+    batch = decoder.new_batch()
+    tables = []
+    for index, datagram in enumerate(datagrams):
+        decoder.feed(datagram, "127.0.0.1", 0, batch)
+        if batch.records >= 200_000 or index == len(datagrams) - 1:
+            tables.extend(table for _exporter, _probe, table in batch.tables())
+    con = duckdb.connect(str(path))
+    columns = ", ".join(tables[0].column_names)
+    cpu = time.process_time()
+    start = time.perf_counter()
+    for table in tables:
+        con.execute("BEGIN TRANSACTION")
+        con.register("incoming", table)
+        con.execute(f"INSERT INTO flows ({columns}) SELECT * FROM incoming")
+        con.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    rows = con.execute("SELECT count(*) FROM flows").fetchone()[0]
+    con.close()
+    return elapsed, cpu, rows
 
 
 def store_columnar(datagrams: list[bytes], workdir: Path) -> tuple[float, int]:
@@ -497,6 +534,7 @@ def main() -> None:
         line(
             "columnar + Store.ingest_columns (DuckDB)", flows / elapsed, None, f"{flows:,} in {elapsed:.2f} s"
         )
+        ceiling = insert_ceiling(datagrams, workdir)
         for rate in rates:
             pace = f"{rate:,}/s" if rate else "unpaced"
             reference = run_nfcapd(datagrams, workdir, rate)
@@ -527,6 +565,15 @@ def main() -> None:
                     f"{name or 'ours'} {cpu:.2f} s CPU, nfcapd {ref_cpu:.2f} s",
                     decimals=2,
                 )
+            if rate == 0:  # beside nfcapd's own figures of the unpaced run
+                elapsed, cpu, rows = ceiling
+                line(
+                    "DuckDB's own INSERT, records pre-decoded",
+                    rows / elapsed,
+                    ref_rate,
+                    f"{rows:,} rows in {elapsed:.2f} s: the ceiling of storing into DuckDB here",
+                )
+                line("  its CPU µs per row", cpu / rows * 1e6, ref_cpu_us, "", decimals=2)
         if args.search:
             search(datagrams, workdir, args.step_seconds, args.start, args.max, args.baseline)
 
