@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     capture.add_argument("--iface", metavar="IFACE", help="capture interface (promiscuous, no address)")
+    capture.add_argument(
+        "--no-ring", dest="ring", action="store_const", const=False,
+        help="read packets one by one instead of through a PACKET_MMAP ring (slower)",
+    )  # fmt: skip
     _common_options(capture)
     return parser
 
@@ -128,6 +132,7 @@ SETTING_OPTIONS = (
     "bpf",
     "names",
     "promisc",
+    "ring",
     "spool_dir",
     "spool_max_bytes",
     "batch_flows",
@@ -331,6 +336,7 @@ def run_capture(args: argparse.Namespace, config: ProbeConfig) -> int:
             sink,
             stop,
             health_interval=min(10.0, config.heartbeat_seconds),
+            ring=config.ring,
         )
     finally:
         status = _finish(sink, "capture")

@@ -60,6 +60,8 @@ class ProbeConfig:
     snaplen: int = 65_535
     names: bool = True
     promisc: bool = True  # capture: put the interface in promiscuous mode while capturing
+    # capture: read a PACKET_MMAP ring (False: recv packet by packet, for kernels that refuse it)
+    ring: bool = field(default=True, metadata=_env("HOSTFLOW_PROBE_RING"))
     spool_dir: str = field(default_factory=default_spool_dir)
     spool_max_bytes: int = 256 * 1024 * 1024
     batch_flows: int = 5_000

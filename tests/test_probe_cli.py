@@ -262,6 +262,15 @@ def test_load_config_merges_every_source(tmp_path: Path) -> None:
     assert (options.idle_timeout, options.active_timeout, options.names) == (5.0, 30.0, True)
 
 
+def test_ring_setting_from_every_source(tmp_path: Path) -> None:
+    config = tmp_path / "probe.toml"
+    config.write_text("ring = false\n")
+    assert load_config({}, {}, None).ring is True
+    assert load_config({}, {}, str(config)).ring is False
+    assert load_config({}, {"HOSTFLOW_PROBE_RING": "1"}, str(config)).ring is True
+    assert load_config({"ring": False}, {"HOSTFLOW_PROBE_RING": "1"}, None).ring is False
+
+
 @pytest.mark.parametrize(
     ("text", "env", "fragment"),
     [
@@ -353,14 +362,15 @@ def _promiscuity(iface: str) -> int:
 
 
 @pytest.mark.netns
-def test_capture_is_promiscuous_while_running_and_flushes_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", ["ring", "--no-ring"])
+def test_capture_is_promiscuous_while_running_and_flushes_on_sigterm(tmp_path: Path, reader: str) -> None:
     from tests.e2e.test_resilience import mirror_lab, send
 
     with mirror_lab() as lab:
         before = _promiscuity(lab.capture_iface)  # a bridge port is promiscuous already: count ours on top
         probe = subprocess.Popen(
             [sys.executable, "-m", "probe", "capture", "--iface", lab.capture_iface, "--output", "out.jsonl",
-             "--idle-timeout", "100", "--active-timeout", "200"],
+             "--idle-timeout", "100", "--active-timeout", "200", *([reader] if reader != "ring" else [])],
             cwd=tmp_path, env=probe_env(), stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         lab.children.append(probe)
@@ -380,3 +390,4 @@ def test_capture_is_promiscuous_while_running_and_flushes_on_sigterm(tmp_path: P
     assert sorted(f.src_port for f in ours) == list(range(40000, 40020))
     assert {(f.packets, f.bytes, f.end_reason) for f in ours} == {(2, 2 * (20 + 8 + 50), "shutdown")}
     assert "SIGTERM: stopping" in stderr and "Traceback" not in stderr
+    assert ("PACKET_MMAP ring" in stderr) == (reader == "ring")
