@@ -13,10 +13,7 @@ from streamlit.testing.v1 import AppTest
 from hostflow.ui.fmt import human_bytes
 from hostflow.ui.sankey import figure_labels
 from tests import ui_scenario as lab
-from tests.plugins.common import ROOT
 from tests.test_app_sankey import plain, run, sidebar_select
-
-APP = str(ROOT / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +24,7 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab.Collecto
 
 @pytest.fixture
 def app(collector: lab.Collector, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("HOSTFLOW_COLLECTOR_URL", collector.url)
-    monkeypatch.setenv("HOSTFLOW_TZ", "UTC")
-    monkeypatch.delenv("HOSTFLOW_INTRANET", raising=False)
-    return AppTest.from_file(APP, default_timeout=120)
+    return lab.app_test(collector.url, monkeypatch)
 
 
 def page(app: AppTest, path: str) -> AppTest:

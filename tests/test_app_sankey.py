@@ -32,10 +32,7 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab.Collecto
 
 @pytest.fixture
 def app(collector: lab.Collector, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("HOSTFLOW_COLLECTOR_URL", collector.url)
-    monkeypatch.setenv("HOSTFLOW_TZ", "UTC")
-    monkeypatch.delenv("HOSTFLOW_INTRANET", raising=False)
-    return AppTest.from_file(APP, default_timeout=120)
+    return lab.app_test(collector.url, monkeypatch)
 
 
 def run(at: AppTest) -> AppTest:
@@ -330,8 +327,7 @@ def test_collector_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_no_data_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with lab.collector(tmp_path, load=False) as empty:
-        monkeypatch.setenv("HOSTFLOW_COLLECTOR_URL", empty.url)
-        at = run(AppTest.from_file(APP, default_timeout=120))
+        at = run(lab.app_test(empty.url, monkeypatch))
     assert plain(at.info[0].value).startswith("No data at all: the collector has stored no flows yet.")
     assert not at.error
 

@@ -17,16 +17,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hostflow.records import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Flow, Name, make_batch, to_us
-from tests.plugins.common import ROOT, free_port
+from tests.plugins.common import ROOT, free_port, wait_healthy
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
 
 PROBE, PROBE2 = "lab-pi", "lab-pi-2"
 TOKEN, TOKEN2 = "app-test-token-1", "app-test-token-2"
@@ -251,17 +254,7 @@ def collector(tmp: Path, *, load: bool = True) -> Iterator[Collector]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"collector did not start: {(tmp / 'collector.log').read_text()}"
-                    ) from None
-                time.sleep(0.1)
+        wait_healthy(url + "/health", process, tmp / "collector.log")
         server = Collector(url, process)
         if load:
             for token, batch in batches(build()):
@@ -275,3 +268,13 @@ def collector(tmp: Path, *, load: bool = True) -> Iterator[Collector]:
             process.kill()
             process.wait()
         log.close()
+
+
+def app_test(collector_url: str, monkeypatch) -> AppTest:
+    """Streamlit's AppTest of app.py reading ``collector_url``, in UTC, with the default intranet."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("HOSTFLOW_COLLECTOR_URL", collector_url)
+    monkeypatch.setenv("HOSTFLOW_TZ", "UTC")
+    monkeypatch.delenv("HOSTFLOW_INTRANET", raising=False)
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)

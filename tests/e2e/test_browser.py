@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests import ui_scenario as lab
-from tests.plugins.common import ROOT, free_port
+from tests.plugins.common import ROOT, free_port, wait_healthy
 
 pytestmark = pytest.mark.browser
 
@@ -71,15 +70,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory, app_collector) -> Iterator
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
-                        break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError((tmp / "streamlit.log").read_text()) from None
-                    time.sleep(0.2)
+            wait_healthy(url + "/_stcore/health", process, tmp / "streamlit.log", timeout=60)
             yield url
         finally:
             process.terminate()

@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.common import ROOT, free_port
+from tests.plugins.common import ROOT, free_port, wait_healthy
 
 PROBE_TOKEN = "test-token"
 PROBE_ID = "test-probe"
@@ -90,18 +89,12 @@ class CollectorProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"collector exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"collector did not answer /health within {timeout} s:\n{self.log()}")
+        try:
+            wait_healthy(self.url + "/health", self.proc, Path(self.log_path), timeout)
+        except RuntimeError:
+            self.kill()
+            raise
+        return self
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
