@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import resource
@@ -33,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from probe import cmeter  # noqa: E402
 from probe.options import MeterOptions  # noqa: E402
 from probe.pipeline import meter_files  # noqa: E402
 from probe.sink import MemorySink  # noqa: E402
@@ -183,9 +185,19 @@ def _children_cpu() -> float:
 def _meter(path: Path, **kwargs) -> tuple[float, float, object]:
     """(CPU s, wall s, stats) of meter_files on one file, flows counted and dropped."""
     vectorised = kwargs.pop("vectorised", True)
-    start, cpu = time.perf_counter(), time.process_time()
-    stats = meter_files([str(path)], MeterOptions(**kwargs), CountingSink(), vectorised=vectorised)
-    return time.process_time() - cpu, time.perf_counter() - start, stats
+    c_table = kwargs.pop("c_table", True)  # False: HOSTFLOW_PROBE_CMETER=0 for this run
+    before = os.environ.get("HOSTFLOW_PROBE_CMETER")
+    if not c_table:
+        os.environ["HOSTFLOW_PROBE_CMETER"] = "0"
+    try:
+        start, cpu = time.perf_counter(), time.process_time()
+        stats = meter_files([str(path)], MeterOptions(**kwargs), CountingSink(), vectorised=vectorised)
+        return time.process_time() - cpu, time.perf_counter() - start, stats
+    finally:
+        if before is None:
+            os.environ.pop("HOSTFLOW_PROBE_CMETER", None)
+        else:
+            os.environ["HOSTFLOW_PROBE_CMETER"] = before
 
 
 def _softflowd(path: Path) -> tuple[float, float]:
@@ -200,7 +212,9 @@ def _softflowd(path: Path) -> tuple[float, float]:
 
 
 def bench_files(path: Path, per_packet: bool, pcapng: Path | None = None) -> None:
-    runs = [("probe, names off", {"names": False}), ("probe, names on", {})]
+    runs = [("probe, names off", {"names": False}), ("probe, names on", {}),
+            ("probe, C table off, names off", {"names": False, "c_table": False}),
+            ("probe, C table off, names on", {"c_table": False})]  # fmt: skip
     if per_packet:
         runs.append(("probe per-packet path, names off", {"names": False, "vectorised": False}))
     results = []
@@ -216,6 +230,9 @@ def bench_files(path: Path, per_packet: bool, pcapng: Path | None = None) -> Non
         ng_ours = _meter(pcapng)
     packets = results[0][3].packets
     print(f"file metering, {packets:,} packets ({path.stat().st_size / 1e6:.0f} MB), packets per CPU second")
+    c_table = "off (HOSTFLOW_PROBE_CMETER=0)" if os.environ.get("HOSTFLOW_PROBE_CMETER") == "0" else (
+        "on" if cmeter.load() is not None else "not built (python -m probe.cmeter build)")  # fmt: skip
+    print(f"  C flow table (probe/_cmeter.c): {c_table}")
     print("  (CPU time, not wall time, so other work on this machine counts against neither side;")
     print("   softflowd is the mean of a run before and one after ours)")
     print(
@@ -289,13 +306,18 @@ def bench_compare(path: Path, before: Path, rounds: int) -> None:
 
 def bench_memory(flows: int) -> None:
     """Peak RSS of a flow table holding ``flows`` conversations, and ``flows`` one-way flows."""
-    for label, both in (("conversations (both directions)", True), ("one-way flows", False)):
+    tables = [("FlowMeter", "the Python table")]
+    if cmeter.load() is not None:
+        tables.append(("CMeter", "the C table"))
+    for (meter_class, table), (label, both) in itertools.product(
+        tables, (("conversations (both directions)", True), ("one-way flows", False))
+    ):
         code = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
-from probe.meter import FlowMeter
+from probe.{"cmeter" if meter_class == "CMeter" else "meter"} import {meter_class}
 from probe.options import MeterOptions
-meter = FlowMeter(MeterOptions(max_flows={flows} * 2), lambda flows: None)
+meter = {meter_class}(MeterOptions(max_flows={flows} * 2), lambda flows: None)
 def hwm():  # VmHWM is per process image; ru_maxrss would carry the parent's peak across exec
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 base = hwm()
@@ -304,14 +326,14 @@ for i in range({flows}):
     meter.add(1_700_000_000_000_000 + i, 0, 4, 6, a, b, 40000 + i % 20000, 443, 0x18, 0, 100, b"", b"")
     if {both}:
         meter.add(1_700_000_000_000_001 + i, 0, 4, 6, b, a, 443, 40000 + i % 20000, 0x18, 0, 100, b"", b"")
-print(len(meter.pairs), base, hwm())
+print(meter.pair_count if {meter_class == "CMeter"} else len(meter.pairs), base, hwm())
 """
         out = subprocess.run(
             [sys.executable, "-c", code], check=True, capture_output=True, text=True
         ).stdout.split()
         pairs, base_kb, peak_kb = (int(x) for x in out)
         flows_held = 2 * pairs if both else pairs
-        print(f"memory, {pairs:,} {label} = {flows_held:,} unidirectional flows in the table:")
+        print(f"memory, {table}, {pairs:,} {label} = {flows_held:,} unidirectional flows in it:")
         print(f"  peak RSS {peak_kb / 1024:.0f} MB (interpreter and imports alone: {base_kb / 1024:.0f} MB); "
               "goal <= 150 MB")  # fmt: skip
 

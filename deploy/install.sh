@@ -42,7 +42,7 @@ say "code into $lib"
 rm -rf "$lib.new"
 mkdir -p "$lib.new"
 for package in "${packages[@]}"; do
-  find "$package" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | while read -r file; do
+  find "$package" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -name '*.so' | while read -r file; do
     install -D -m 0644 "$file" "$lib.new/$file"
   done
 done
@@ -62,6 +62,18 @@ if [ "$SKIP_PIP" != 1 ]; then
   # binary wheels only: a Pi must not need a compiler (see tests/test_deploy.py)
   # shellcheck disable=SC2086
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --only-binary=:all: $PIP_ARGS -r "$lib/requirements.txt"
+fi
+
+if [ "$role" = probe ]; then
+  # the C flow table (probe/cmeter.py) makes metering about twice as fast; without a compiler
+  # the probe meters in Python (numpy)
+  if command -v "${CC:-cc}" >/dev/null 2>&1 && [ -x "$venv/bin/python" ]; then
+    say "building the C flow table"
+    (cd "$lib" && "$venv/bin/python" -m probe.cmeter build >/dev/null) ||
+      say "the C flow table did not build: the probe meters in Python"
+  else
+    say "no C compiler: the probe meters in Python (apt install gcc libc6-dev, then reinstall, for the C flow table)"
+  fi
 fi
 
 substitute() {

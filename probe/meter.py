@@ -205,18 +205,31 @@ class FlowMeter:
 
     def _export(self, key: tuple, pair: list, reason: str) -> int:
         """Turn a pair that has left the table into one Flow per direction with packets."""
+        mac = self._mac
+        directions = [
+            (side, *pair[base : base + D_SRC_MAC], mac(pair[base + D_SRC_MAC]), mac(pair[base + D_DST_MAC]))
+            for side, base in ((0, P_DIR0), (1, P_DIR1))
+            if pair[base]
+        ]
+        opener = self._initiator(key[0], key[2], key[4], pair[P_SYN_DIR], pair[P_FIRST_DIR])
+        return self._export_values(key, pair[P_VERSION], opener, directions, reason)
+
+    def _export_values(
+        self, key: tuple, version: int, opener: int, directions: list[tuple], reason: str
+    ) -> int:
+        """One Flow per direction of an ended pair (Python's table and the C table's both come here).
+
+        ``directions``: (side, packets, bytes, flags, first, last, tos, vlan, src MAC text, dst MAC
+        text) of each direction with packets; ``opener``: ``_initiator``'s answer.
+        """
         proto, addr_a, port_a, addr_b, port_b = key
         addrs = self._addr_cache
         text_a = addrs.get(addr_a) or self._addr(addr_a)
         text_b = addrs.get(addr_b) or self._addr(addr_b)
-        opener = self._initiator(proto, port_a, port_b, pair)
-        macs = self._mac_cache
         icmp = proto == PROTO_ICMP or proto == PROTO_ICMPV6
         append = self.pending.append
-        made = 0
-        for side, base in ((0, P_DIR0), (1, P_DIR1)):
-            if not pair[base]:
-                continue
+        probe_id = self.probe_id
+        for side, packets, nbytes, flags, first, last, tos, vlan, src_mac, dst_mac in directions:
             if side == 0:
                 src, sport, dst, dport = text_a, port_a, text_b, port_b
             else:
@@ -225,49 +238,25 @@ class FlowMeter:
                 initiator = _icmp_initiator(proto, dport)
             else:
                 initiator = "" if opener < 0 else INIT_SRC if opener == side else INIT_DST
-            src_mac, dst_mac = pair[base + D_SRC_MAC], pair[base + D_DST_MAC]
-            src_mac = macs.get(src_mac) if src_mac in macs else self._mac(src_mac)
-            dst_mac = macs.get(dst_mac) if dst_mac in macs else self._mac(dst_mac)
-            append(
-                Flow(
-                    self.probe_id,
-                    pair[base + D_FIRST],
-                    pair[base + D_LAST],
-                    pair[P_VERSION],
-                    proto,
-                    src,
-                    sport,
-                    dst,
-                    dport,
-                    pair[base + D_PACKETS],
-                    pair[base + D_BYTES],
-                    pair[base + D_FLAGS],
-                    pair[base + D_TOS],
-                    pair[base + D_VLAN],
-                    src_mac,
-                    dst_mac,
-                    reason,
-                    initiator,
-                    1,
-                )  # fmt: skip
-            )
-            made += 1
+            append(Flow(probe_id, first, last, version, proto, src, sport, dst, dport, packets, nbytes, flags,
+                        tos, vlan, src_mac, dst_mac, reason, initiator, 1))  # fmt: skip
+        made = len(directions)
         self.flows_exported += made
         if len(self.pending) >= self.batch:
             self.deliver()
         return made
 
     @staticmethod
-    def _initiator(proto: int, port_a: int, port_b: int, pair: list) -> int:
+    def _initiator(proto: int, port_a: int, port_b: int, syn_dir: int, first_dir: int) -> int:
         """0 or 1: which side of the pair opened the conversation."""
-        if pair[P_SYN_DIR] >= 0:
-            return pair[P_SYN_DIR]
+        if syn_dir >= 0:
+            return syn_dir
         if proto == PROTO_TCP:
             if port_a < 1024 <= port_b:
                 return 1
             if port_b < 1024 <= port_a:
                 return 0
-        return pair[P_FIRST_DIR]
+        return first_dir
 
     def _addr(self, packed: bytes) -> str:
         cache = self._addr_cache

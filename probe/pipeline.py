@@ -13,6 +13,11 @@ batches; same flows, names and counters, about 3× the per-packet rate); any str
 whose time goes backwards goes packet by packet (``run``). ``meter_files(..., vectorised=False)``
 forces the per-packet path (the tests compare the two).
 
+The flow table is probe/_cmeter.c (``probe.cmeter.CMeter``) when it is built: decoded chunks go
+to it in one call each (``add_columns``, idle scans included) instead of numpy's batch and
+``FlowMeter.add``; same flows, file metering about 1.7x faster. Not built, or
+``HOSTFLOW_PROBE_CMETER=0``: ``FlowMeter`` with ``fastpath.BatchMeter`` as before.
+
 Live capture reads a PACKET_MMAP ring (``probe.capture.RingCapture``): each block the kernel
 hands over (up to 1 MiB of packets, or what came in 50 ms) is decoded with the same numpy code
 as a file chunk, and the blocks are metered together every 0.25 s. Without numpy, when the
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hostflow.records import END_EOF, END_SHUTDOWN, Name
-from probe import __version__
+from probe import __version__, cmeter
 from probe.capture import LiveCapture, ProbeInputError, RingCapture, RingUnavailable, file_size, open_capture
 from probe.decode import LINKTYPES, Decoded, decode
 from probe.meter import TCP_END_GRACE_S, FlowMeter
@@ -104,7 +109,8 @@ class _Engine:
     def __init__(self, options: MeterOptions, sink: Sink, tcp_end_grace: float) -> None:
         self.stats = MeterStats()
         self.sink = sink
-        self.meter = FlowMeter(options, sink.add_flows, tcp_end_grace=tcp_end_grace)
+        self.meter = _flow_meter(options, sink.add_flows, tcp_end_grace)
+        self.cmeter = isinstance(self.meter, cmeter.CMeter)
         self.names = None
         if options.names and NameExtractor is not None:
             self.names = NameExtractor(options.probe_id)
@@ -239,6 +245,11 @@ class _Engine:
     def meter_columns(self, cols, batch) -> None:
         """Meter decoded packets: in one batch when that is exact, else packet by packet as ``run`` would."""
         ip = np.flatnonzero(cols.kind == fastpath.KIND_IP)
+        if self.cmeter:
+            self.next_scan, scans = self.meter.add_columns(cols, ip, self.next_scan, SCAN_INTERVAL_US)
+            if scans:
+                self._deliver_names()
+            return
         if batch.apply(cols, ip):
             last_scan, self.next_scan = fastpath.scan_times(cols.ts, self.next_scan)
             if last_scan is not None:
@@ -291,6 +302,15 @@ class _Engine:
         return self.stats
 
 
+def _flow_meter(options: MeterOptions, emit: Callable, tcp_end_grace: float) -> FlowMeter:
+    """The C flow table when it is built (probe.cmeter), unless HOSTFLOW_PROBE_CMETER=0; else FlowMeter."""
+    if os.environ.get("HOSTFLOW_PROBE_CMETER", "1") != "0":
+        meter = cmeter.CMeter.create(options, emit, tcp_end_grace=tcp_end_grace)
+        if meter is not None:
+            return meter
+    return FlowMeter(options, emit, tcp_end_grace=tcp_end_grace)
+
+
 def _with_progress(path: str, packets, progress: Callable[[str, int, int], None] | None, total: int):
     """Pass packets through, calling progress(path, packets_done, file_bytes) now and then."""
     if progress is None:
@@ -308,6 +328,8 @@ def _with_progress(path: str, packets, progress: Callable[[str, int, int], None]
 def _meter_chunks(engine: _Engine, path: str, chunks, progress) -> None:
     """A pcap or pcapng file through probe.fastpath: decoded chunk by chunk, metered in batches."""
     batch = fastpath.BatchMeter(engine.meter)
+    # the C table takes each chunk as it comes; numpy's batch pays per conversation, so it waits for more
+    batch_packets = 1 if engine.cmeter else fastpath.BATCH_PACKETS
     total = file_size(path)
     done = 0
     pending: list = []
@@ -324,7 +346,7 @@ def _meter_chunks(engine: _Engine, path: str, chunks, progress) -> None:
         if chunk.exact_times is None and engine.in_order and fastpath.in_order(chunk.ts, engine.last_ts):
             pending.append(engine.decode_chunk(chunk))
             waiting += len(chunk.ts)
-            if waiting >= fastpath.BATCH_PACKETS:
+            if waiting >= batch_packets:
                 meter_pending()
         else:
             meter_pending()

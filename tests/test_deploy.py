@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from probe import cmeter
 from probe.config import FIELDS, read_config_file
 from tests.plugins.common import FIXTURES, ROOT
 
@@ -95,6 +96,9 @@ def test_probe_tree(probe_stage: Path) -> None:
         assert (home / "lib" / module).is_file(), module
     assert not (home / "lib/collector").exists() and not (home / "lib/hostflow/ui").exists()
     assert (home / "venv/bin/python").exists()
+    # the C flow table is built on the machine (a compiler is there), never copied from the tree
+    built = [path.name for path in (home / "lib/probe").glob("*.so")]
+    assert built == [cmeter.library_path(home / "lib/probe/_cmeter.c").name]
     assert (home / "lib/requirements.txt").read_text() == (ROOT / "probe/requirements.txt").read_text()
     assert (
         (probe_stage / "usr/lib/sysusers.d/hostflow.conf")

@@ -71,7 +71,10 @@ def assert_same(paths: list[Path], **options) -> tuple:
 
 @pytest.fixture
 def batches(monkeypatch) -> list[bool]:
-    """What every BatchMeter.apply answered (True: metered as a batch; False: it stepped aside)."""
+    """What every BatchMeter.apply answered (True: metered as a batch; False: it stepped aside).
+
+    The numpy batch only meters when the C flow table is off (tests/test_cmeter.py tests that one)."""
+    monkeypatch.setenv("HOSTFLOW_PROBE_CMETER", "0")
     answers: list[bool] = []
     original = fastpath.BatchMeter.apply
 
