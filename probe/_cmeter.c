@@ -26,7 +26,7 @@
 #define PROTO_TCP 6
 #define MAC_SRC 1
 #define MAC_DST 2
-#define CM_ABI 1
+#define CM_ABI 3
 #define AHEAD 16 /* packets looked up ahead of the one metered (a power of two) */
 #ifdef __GNUC__
 #define PREFETCH(address) __builtin_prefetch(address)
@@ -497,3 +497,155 @@ int cm_failed(const cm_table *t) { return t->failed; }
 int64_t cm_out_count(const cm_table *t) { return t->out_count; }
 const cm_flow *cm_out_data(const cm_table *t) { return t->out; }
 void cm_out_clear(cm_table *t) { t->out_count = 0; }
+
+/* ------------------------------------------------------------------ the pcap record walk */
+
+static uint32_t u32_at(const uint8_t *at, int big) {
+    if (big)
+        return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
+    return (uint32_t)at[3] << 24 | (uint32_t)at[2] << 16 | (uint32_t)at[1] << 8 | at[0];
+}
+
+/* The records of a classic pcap buffer (probe.fastpath.PcapChunks), from its start: each complete
+ * record's data offset, time (µs: seconds * 10^6 + the fraction, nanoseconds divided by 1000 when
+ * frac_div is 1000) and captured length, at most max_out of them. Returns how many; *used: the bytes
+ * they take; *status: 0 the walk reached the buffer's end or max_out, 1 a header or record runs past
+ * the end, 2 a record longer than max_record (the caller words the error). */
+int64_t cm_walk_pcap(const uint8_t *buf, int64_t length, int big, int64_t frac_div, int64_t max_record,
+                     int64_t *starts, int64_t *ts, int64_t *caplen, int64_t max_out, int64_t *used,
+                     int64_t *status) {
+    int64_t offset = 0, count = 0;
+    *status = 0;
+    while (count < max_out && offset < length) {
+        if (offset + 16 > length) {
+            *status = 1;
+            break;
+        }
+        const uint8_t *header = buf + offset;
+        int64_t captured = u32_at(header + 8, big);
+        if (captured > max_record) {
+            *status = 2;
+            break;
+        }
+        if (offset + 16 + captured > length) {
+            *status = 1;
+            break;
+        }
+        int64_t frac = u32_at(header + 4, big);
+        starts[count] = offset + 16;
+        ts[count] = (int64_t)u32_at(header, big) * 1000000 + (frac_div == 1 ? frac : frac / 1000);
+        caplen[count] = captured;
+        count++;
+        offset += 16 + captured;
+    }
+    *used = offset;
+    return count;
+}
+
+/* ------------------------------------------------------------------ the Ethernet decoder */
+
+static int64_t be16(const uint8_t *at) { return (int64_t)at[0] << 8 | at[1]; }
+
+/* Decoded columns (probe.fastpath.Columns) the decoder fills, in this order. */
+enum { D_KIND, D_VERSION, D_PROTO, D_SPORT, D_DPORT, D_FLAGS, D_TOS, D_VLAN, D_NBYTES, D_MACS, D_SRC_HI, D_SRC_LO,
+       D_DST_HI, D_DST_LO, D_SMAC, D_DMAC, D_PAY_START, D_PAY_END, D_FAST, D_COUNT };
+
+/* probe.fastpath._decode_ethernet + _decode_ip, a frame at a time and with the same rules: Ethernet
+ * with at most one VLAN tag, IPv4 without options or fragments, IPv6 without extension headers, TCP,
+ * UDP, ICMP and other protocols. A frame these rules cover gets its fields and fast = 1; a frame whose
+ * Ethernet type is not one the exact decoder knows gets kind = KIND_NON_IP; every other frame is left
+ * alone (kind stays KIND_ERROR) for probe.decode, which also words the problems. Frames are read only
+ * when ``head`` bytes from their start lie inside the buffer, so no read passes its end. */
+void cm_decode_ethernet(const uint8_t *u8, int64_t size, const int64_t *data, const int64_t *caplens, int64_t n,
+                        int64_t head, void *const *out) {
+    int8_t *kind = out[D_KIND], *fast = out[D_FAST];
+    int64_t *version = out[D_VERSION], *proto_out = out[D_PROTO], *sport = out[D_SPORT], *dport = out[D_DPORT];
+    int64_t *flags = out[D_FLAGS], *tos_out = out[D_TOS], *vlan = out[D_VLAN], *nbytes = out[D_NBYTES];
+    int64_t *macs = out[D_MACS], *pay_start = out[D_PAY_START], *pay_end = out[D_PAY_END];
+    uint64_t *src_hi = out[D_SRC_HI], *src_lo = out[D_SRC_LO], *dst_hi = out[D_DST_HI], *dst_lo = out[D_DST_LO];
+    uint64_t *smac = out[D_SMAC], *dmac = out[D_DMAC];
+    if (size < head || head < 18 + 40 + 20)
+        return;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t base = data[i], caplen = caplens[i];
+        if (base < 0 || base + head > size)
+            continue;
+        const uint8_t *f = u8 + base;
+        int64_t etype = be16(f + 12);
+        int tagged = etype == 0x8100 || etype == 0x88A8 || etype == 0x9100 || etype == 0x9200;
+        int64_t inner = tagged ? be16(f + 16) : etype;
+        if (caplen < 14 || (tagged && caplen < 18))
+            continue;
+        if (inner != 0x0800 && inner != 0x86DD) {
+            int known = inner == 0x8847 || inner == 0x8848 || inner == 0x8864 || inner == 0x8100 ||
+                        inner == 0x88A8 || inner == 0x9100 || inner == 0x9200;
+            if (!known)
+                kind[i] = 1; /* KIND_NON_IP */
+            continue;
+        }
+        int64_t off = tagged ? 18 : 14, proto, tos, total, end, transport, v;
+        const uint8_t *ip = f + off;
+        if (inner == 0x0800) {
+            if (ip[0] != 0x45 || caplen < off + 20)
+                continue;
+            total = be16(ip + 2);
+            if (total < 20 || (be16(ip + 6) & 0x3FFF) != 0)
+                continue;
+            proto = ip[9];
+            tos = ip[1];
+            end = off + total < caplen ? off + total : caplen;
+            transport = off + 20;
+            v = 4;
+        } else {
+            if (ip[0] >> 4 != 6 || caplen < off + 40)
+                continue;
+            proto = ip[6];
+            if (proto == 0 || proto == 43 || proto == 44 || proto == 51 || proto == 60)
+                continue;
+            tos = (int64_t)(ip[0] & 0x0F) << 4 | ip[1] >> 4;
+            int64_t plen = be16(ip + 4);
+            total = plen > 0 ? plen + 40 : caplen - off;
+            end = plen > 0 ? (off + plen + 40 < caplen ? off + plen + 40 : caplen) : caplen;
+            transport = off + 40;
+            v = 6;
+        }
+        int64_t available = end - transport;
+        int tcp = proto == 6, udp = proto == 17, icmp = proto == 1 || proto == 58;
+        if (tcp ? available < 20 : udp ? available < 8 : icmp && available < 2)
+            continue;
+        const uint8_t *t = f + transport;
+        int64_t first_two = be16(t), start;
+        if (tcp) {
+            int64_t offset_byte = t[12];
+            start = transport + (offset_byte >> 4) * 4;
+            if (start > end || offset_byte < 0x50)
+                start = end;
+        } else {
+            start = udp ? transport + 8 : end;
+        }
+        fast[i] = 1;
+        kind[i] = 0; /* KIND_IP */
+        version[i] = v;
+        proto_out[i] = proto;
+        sport[i] = tcp || udp ? first_two : 0;
+        dport[i] = tcp || udp ? be16(t + 2) : icmp ? first_two : 0;
+        flags[i] = tcp ? t[13] : 0;
+        tos_out[i] = tos;
+        nbytes[i] = total;
+        pay_start[i] = base + start;
+        pay_end[i] = base + end;
+        if (v == 4) {
+            src_lo[i] = big_endian(ip + 12, 4);
+            dst_lo[i] = big_endian(ip + 16, 4);
+        } else {
+            src_hi[i] = big_endian(ip + 8, 8);
+            src_lo[i] = big_endian(ip + 16, 8);
+            dst_hi[i] = big_endian(ip + 24, 8);
+            dst_lo[i] = big_endian(ip + 32, 8);
+        }
+        vlan[i] = tagged ? be16(f + 14) & 0x0FFF : 0;
+        smac[i] = big_endian(f + 6, 6);
+        dmac[i] = big_endian(f, 6);
+        macs[i] = MAC_SRC | MAC_DST;
+    }
+}

@@ -75,7 +75,7 @@ except ImportError:  # pragma: no cover - add_columns needs numpy; add does not
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_cmeter.c")
-ABI = 1
+ABI = 3
 MAC_SRC, MAC_DST = 1, 2  # bits of the macs column, as probe.fastpath's Columns
 TIME_LIMIT = 1 << 62  # times (µs) the C table takes: differences of two stay inside int64
 OUT_LIMIT = 4096  # ended pairs drained at a time
@@ -158,6 +158,13 @@ def load(source: Path = SOURCE) -> Any | None:
     return lib
 
 
+def library() -> Any | None:
+    """``load()``, unless ``HOSTFLOW_PROBE_CMETER=0`` asks for the Python path."""
+    if os.environ.get("HOSTFLOW_PROBE_CMETER", "1") == "0":
+        return None
+    return load()
+
+
 def _unavailable(path: Path, why: str) -> None:
     if path not in _told:
         _told.add(path)
@@ -184,6 +191,8 @@ def _declare(lib: Any) -> None:
         "cm_out_count": ([ptr], i64),
         "cm_out_data": ([ptr], ptr),
         "cm_out_clear": ([ptr], None),
+        "cm_walk_pcap": ([ptr, i64, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, ptr, ptr], i64),
+        "cm_decode_ethernet": ([ptr, i64, ptr, ptr, i64, i64, ptr], None),
     }
     for name, (arguments, result) in signatures.items():
         function = getattr(lib, name)
@@ -203,7 +212,7 @@ class CMeter(FlowMeter):
         cls, options: MeterOptions, emit: Callable[[list[Flow]], None], **kwargs: Any
     ) -> CMeter | None:
         """A CMeter, or None when the library is not available (or cannot hold the table)."""
-        lib = load()
+        lib = kwargs.pop("lib", None) or load()
         if lib is None:
             return None
         try:

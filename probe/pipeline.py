@@ -304,8 +304,9 @@ class _Engine:
 
 def _flow_meter(options: MeterOptions, emit: Callable, tcp_end_grace: float) -> FlowMeter:
     """The C flow table when it is built (probe.cmeter), unless HOSTFLOW_PROBE_CMETER=0; else FlowMeter."""
-    if os.environ.get("HOSTFLOW_PROBE_CMETER", "1") != "0":
-        meter = cmeter.CMeter.create(options, emit, tcp_end_grace=tcp_end_grace)
+    lib = cmeter.library()
+    if lib is not None:
+        meter = cmeter.CMeter.create(options, emit, tcp_end_grace=tcp_end_grace, lib=lib)
         if meter is not None:
             return meter
     return FlowMeter(options, emit, tcp_end_grace=tcp_end_grace)

@@ -137,6 +137,7 @@ def small_chunks(monkeypatch) -> None:
     """Many chunks, and the C output drained every few ended pairs (the calls pause and go on)."""
     monkeypatch.setattr(fastpath, "FIRST_CHUNK_BYTES", 64 << 10)
     monkeypatch.setattr(fastpath, "CHUNK_PACKETS", 700)
+    monkeypatch.setattr(fastpath, "C_CHUNK_PACKETS", 500)
     monkeypatch.setattr(fastpath, "BATCH_PACKETS", 3000)
     monkeypatch.setattr(fastpath, "LANE_BYTES", 2048)
     monkeypatch.setattr(cmeter, "OUT_LIMIT", 3)
@@ -447,3 +448,148 @@ def test_pipeline_uses_the_c_table_unless_told_not_to(monkeypatch, meters, traff
     _run([traffic], True, monkeypatch, names=False)
     _run([traffic], False, monkeypatch, names=False)
     assert [type(meter) for meter in meters] == [cmeter.CMeter, FlowMeter]
+
+
+# ---------------------------------------------------------------- the pcap record walk in C
+
+
+def _walked(path: Path, c_walk: bool, monkeypatch) -> tuple:
+    """Every record PcapChunks yields (offset in the file, time, captured length, frame), and the error."""
+    monkeypatch.setenv("HOSTFLOW_PROBE_CMETER", "1" if c_walk else "0")
+    header = fastpath.pcap_header(str(path))
+    assert header is not None
+    chunks = fastpath.PcapChunks(str(path), *header)
+    assert (chunks._lib is not None) == c_walk
+    records, error = [], None
+    try:
+        for chunk in chunks:
+            for start, ts, caplen in zip(
+                chunk.starts.tolist(), chunk.ts.tolist(), chunk.caplen.tolist(), strict=True
+            ):
+                records.append((ts, caplen, bytes(chunk.buf[start : start + caplen])))
+            if chunk.error is not None:
+                raise chunk.error
+    except ProbeInputError as exc:
+        error = str(exc)
+    return records, error
+
+
+PCAPS = [path for path in CAPTURES if fastpath.pcap_header(str(path)) is not None]
+
+
+@pytest.mark.parametrize("chunking", ["default", "small"])
+def test_c_walk_gives_numpy_walks_records(chunking: str, monkeypatch, lib, request) -> None:
+    if chunking == "small":
+        request.getfixturevalue("small_chunks")
+    compared = 0
+    for path in PCAPS:
+        assert _walked(path, True, monkeypatch) == _walked(path, False, monkeypatch), path.name
+        compared += 1
+    assert compared >= 20
+
+
+@pytest.mark.parametrize("cut", ["header", "record", "too-long"])
+def test_c_walk_leaves_damage_to_the_exact_walk(cut: str, traffic: Path, tmp_path: Path, monkeypatch, lib,
+                                                small_chunks) -> None:  # fmt: skip
+    """A file cut in a record header or in a record, or with a record length past MAX_RECORD:
+    the same records before it and the same error message as the numpy walk."""
+    data = bytearray(traffic.read_bytes()[:300_000])
+    offset, records = 24, 0
+    while offset + 16 + struct.unpack_from("<I", data, offset + 8)[0] <= len(data) - 2000:
+        offset += 16 + struct.unpack_from("<I", data, offset + 8)[0]
+        records += 1
+    if cut == "header":
+        data = data[: offset + 9]
+    elif cut == "record":
+        data = data[: offset + 20]
+    else:
+        struct.pack_into("<I", data, offset + 8, fastpath.MAX_RECORD + 1)
+    damaged = tmp_path / f"{cut}.pcap"
+    damaged.write_bytes(bytes(data))
+    c_records, c_error = _walked(damaged, True, monkeypatch)
+    assert (c_records, c_error) == _walked(damaged, False, monkeypatch)
+    assert len(c_records) == records and f"packet {records + 1}:" in c_error
+
+
+# ---------------------------------------------------------------- the Ethernet decoder in C
+
+
+def _decoded(path: Path, c_decoder: bool) -> list:
+    """Every chunk's decoded columns, payload bounds, exact-decoded packets and error counts."""
+    chunks = fastpath.PcapChunks(str(path), *fastpath.pcap_header(str(path)))
+    out = []
+    for chunk in chunks:
+        errors: dict[str, int] = {}
+        decoded = fastpath.decode_chunk(chunk, errors, c_decoder=c_decoder)
+        cols = decoded.cols
+        columns = {
+            name: getattr(cols, name).tolist()
+            for name in ("kind", *fastpath._INT_FIELDS, *fastpath._WORD_FIELDS)
+        }
+        out.append(
+            (columns, decoded.pay_start.tolist(), decoded.pay_end.tolist(), sorted(decoded.exact), errors)
+        )
+        if chunk.error is not None:
+            break
+    return out
+
+
+ETHERNET = [path for path in PCAPS if fastpath.pcap_header(str(path))[2] == 1]
+
+
+def test_c_decoder_gives_numpy_decoders_columns(traffic: Path, monkeypatch, lib, small_chunks) -> None:
+    monkeypatch.setenv("HOSTFLOW_PROBE_CMETER", "1")
+    fast = 0
+    for path in [*ETHERNET, traffic]:
+        c_decoded = _decoded(path, True)
+        assert c_decoded == _decoded(path, False), path.name
+        fast += sum(kind == fastpath.KIND_IP for chunk in c_decoded for kind in chunk[0]["kind"])
+    assert len(ETHERNET) >= 15 and fast > 40_000
+
+
+def _frame(data) -> bytes:
+    """A random Ethernet frame near the shapes the decoder tells apart (tags, versions, lengths, cuts)."""
+    etype = data.draw(
+        st.sampled_from([0x0800, 0x86DD, 0x8100, 0x88A8, 0x0806, 0x8847, 0x8864, 0x9100, 0x1234])
+    )
+    head = data.draw(st.binary(min_size=12, max_size=12)) + etype.to_bytes(2, "big")
+    if etype in (0x8100, 0x88A8, 0x9100):
+        inner = data.draw(st.sampled_from([0x0800, 0x86DD, 0x8100, 0x0806, 0x4321]))
+        head += data.draw(st.binary(min_size=2, max_size=2)) + inner.to_bytes(2, "big")
+    else:
+        inner = etype
+    proto = data.draw(st.sampled_from([6, 17, 1, 58, 47, 0, 43, 44, 60, 132]))
+    if inner == 0x0800:
+        first = data.draw(st.sampled_from([0x45, 0x45, 0x46, 0x44, 0x65]))
+        total = data.draw(st.sampled_from([20, 28, 40, 60, 100, 0, 19, 1500]))
+        fragment = data.draw(st.sampled_from([0, 0, 0x4000, 0x2000, 0x0001]))
+        ip = struct.pack("!BBHHHBBH", first, data.draw(st.integers(0, 255)), total, 0, fragment, 64, proto, 0)
+        ip += data.draw(st.binary(min_size=8, max_size=8))
+    elif inner == 0x86DD:
+        first = data.draw(st.sampled_from([0x60, 0x6F, 0x50]))
+        plen = data.draw(st.sampled_from([0, 8, 20, 40, 100, 7]))
+        ip = bytes([first, data.draw(st.integers(0, 255))]) + bytes(2) + struct.pack("!HBB", plen, proto, 64)
+        ip += data.draw(st.binary(min_size=32, max_size=32))
+    else:
+        ip = b""
+    offset_byte = data.draw(st.sampled_from([0x50, 0x80, 0x40, 0xF0, 0x00]))
+    transport = data.draw(st.binary(min_size=12, max_size=12)) + bytes(
+        [offset_byte, data.draw(st.integers(0, 255))]
+    )
+    frame = head + ip + transport + data.draw(st.binary(max_size=40))
+    return frame[: data.draw(st.integers(0, len(frame)))] if data.draw(st.booleans()) else frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_c_decoder_on_random_frames(tmp_path_factory, data) -> None:
+    # the last frame (ARP-typed padding) puts every drawn frame's first HEAD bytes inside the buffer
+    frames = [_frame(data) for _ in range(data.draw(st.integers(1, 12)))] + [
+        bytes(12) + b"\x08\x06" + bytes(200)
+    ]
+    path = tmp_path_factory.mktemp("frames") / "frames.pcap"
+    body = b"".join(struct.pack("<IIII", 1_700_000_000, k, len(f), len(f)) + f for k, f in enumerate(frames))
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + body)
+    if cmeter.load() is None:
+        pytest.skip(f"the C flow table is not built: run {sys.executable} -m probe.cmeter build")
+    assert _decoded(path, True) == _decoded(path, False)

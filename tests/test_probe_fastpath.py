@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from bench.bench_probe import pcap_to_pcapng, write_pcap
 from hostflow.records import flow_row, name_row
-from probe import fastpath
+from probe import cmeter, fastpath
 from probe.capture import open_capture
 from probe.names import HTTP_METHOD_PREFIXES, NameExtractor
 from probe.options import MeterOptions
@@ -86,10 +87,21 @@ def batches(monkeypatch) -> list[bool]:
     return answers
 
 
+@pytest.fixture(autouse=True, params=["numpy", "C"])
+def compiled(request, monkeypatch) -> str:
+    """Every test twice: the numpy walk, decoder and batches, and probe/_cmeter.c's walk, decoder
+    and flow table (tests/test_cmeter.py compares the two directly)."""
+    if request.param == "C" and cmeter.load() is None:
+        pytest.skip(f"the C flow table is not built: run {sys.executable} -m probe.cmeter build")
+    monkeypatch.setenv("HOSTFLOW_PROBE_CMETER", "1" if request.param == "C" else "0")
+    return request.param
+
+
 @pytest.fixture
 def small_chunks(monkeypatch) -> None:
     monkeypatch.setattr(fastpath, "FIRST_CHUNK_BYTES", 64 << 10)
     monkeypatch.setattr(fastpath, "CHUNK_PACKETS", 700)
+    monkeypatch.setattr(fastpath, "C_CHUNK_PACKETS", 500)
     monkeypatch.setattr(fastpath, "BATCH_PACKETS", 3000)
     monkeypatch.setattr(fastpath, "LANE_BYTES", 2048)
 
@@ -227,6 +239,7 @@ def test_damaged_record_length(traffic: Path, tmp_path: Path, small_chunks) -> N
 @pytest.mark.parametrize("lane_bytes", [1024, 4096, 16_384])
 def test_record_walk(traffic: Path, monkeypatch, lane_bytes: int) -> None:
     """The lanes find every record, exactly as the plain reader does, and do join up."""
+    monkeypatch.setenv("HOSTFLOW_PROBE_CMETER", "0")  # the numpy walk (the C walk: tests/test_cmeter.py)
     monkeypatch.setattr(fastpath, "FIRST_CHUNK_BYTES", 256 << 10)
     monkeypatch.setattr(fastpath, "CHUNK_PACKETS", 2000)
     monkeypatch.setattr(fastpath, "LANE_BYTES", lane_bytes)
