@@ -338,21 +338,7 @@ class CMeter(FlowMeter):
     ) -> tuple[int | None, int]:
         from probe import fastpath  # only after a move to Python: numpy is there (cols are arrays)
 
-        add = self.add
-        is_ip = np.zeros(cols.n, dtype=bool)
-        is_ip[ip] = True
-        args = fastpath.BatchMeter(self).add_args(cols, np.asarray(ip))
-        scans = 0
-        for packet_is_ip, ts in zip(is_ip.tolist(), cols.ts.tolist(), strict=True):
-            if packet_is_ip:
-                add(*next(args))
-            if next_scan is None:
-                next_scan = ts + scan_us
-            elif ts >= next_scan:
-                self.expire(ts)
-                scans += 1
-                next_scan = ts + scan_us
-        return next_scan, scans
+        return fastpath.BatchMeter(self).add_in_order(cols, np.asarray(ip), next_scan, scan_us)
 
     # ------------------------------------------------------------ expiry
 

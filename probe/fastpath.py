@@ -1055,6 +1055,29 @@ class BatchMeter:
             yield (ts, vlan, version, proto, addr_bytes(version, s_hi, s_lo), addr_bytes(version, d_hi, d_lo), sport,
                    dport, flags, tos, nbytes, mac(smac, bool(macs & MAC_SRC)), mac(dmac, bool(macs & MAC_DST)))  # fmt: skip
 
+    def add_in_order(
+        self, cols: Columns, ip: np.ndarray, next_scan: int | None, scan_us: int
+    ) -> tuple[int | None, int]:
+        """``FlowMeter.add`` for packets ``ip`` of ``cols`` one by one, with the idle scans of
+        probe.pipeline's per-packet loop (every packet, IP or not, drives them: the first sets
+        ``next_scan``, one at or past it expires pairs at its time). Returns (next_scan, scans)."""
+        meter = self.meter
+        add = meter.add
+        is_ip = np.zeros(cols.n, dtype=bool)
+        is_ip[ip] = True
+        args = self.add_args(cols, ip)
+        scans = 0
+        for packet_is_ip, ts in zip(is_ip.tolist(), cols.ts.tolist(), strict=True):
+            if packet_is_ip:
+                add(*next(args))
+            if next_scan is None:
+                next_scan = ts + scan_us
+            elif ts >= next_scan:
+                meter.expire(ts)
+                scans += 1
+                next_scan = ts + scan_us
+        return next_scan, scans
+
     def _mac(self, value: int, present: bool) -> bytes:
         if not present:
             return b""

@@ -256,20 +256,9 @@ class _Engine:
                 self.meter.expire(last_scan)
                 self._deliver_names()
             return
-        add = self.meter.add
-        next_scan = self.next_scan
-        ip_mask = (cols.kind == fastpath.KIND_IP).tolist()
-        args = batch.add_args(cols, ip)
-        for is_ip, ts in zip(ip_mask, cols.ts.tolist(), strict=True):
-            if is_ip:
-                add(*next(args))
-            if next_scan is None:
-                next_scan = ts + SCAN_INTERVAL_US
-            elif ts >= next_scan:
-                self.meter.expire(ts)
-                self._deliver_names()
-                next_scan = ts + SCAN_INTERVAL_US
-        self.next_scan = next_scan
+        self.next_scan, scans = batch.add_in_order(cols, ip, self.next_scan, SCAN_INTERVAL_US)
+        if scans:
+            self._deliver_names()
 
     def _names(self, ts: int, src: bytes, dst: bytes, proto: int, sport: int, dport: int,
                payload: bytes) -> None:  # fmt: skip

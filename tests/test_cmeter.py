@@ -28,20 +28,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.bench_probe import pcap_to_pcapng, write_pcap
-from hostflow.records import END_EOF, flow_row, name_row
+from hostflow.records import END_EOF, flow_row
 from probe import cmeter, fastpath, pipeline
 from probe.meter import MOVE_GRANULARITY_US, FlowMeter
 from probe.options import MeterOptions
-from probe.pipeline import ProbeInputError, meter_files
-from probe.sink import MemorySink
+from probe.pipeline import ProbeInputError
 from tests.plugins.common import FIXTURES, ROOT
+from tests.probe_runs import CAPTURES, metered
 
-CAPTURES = sorted(
-    path
-    for folder in ("pcap", "probe", "malformed", "names")
-    for path in (FIXTURES / folder).iterdir()
-    if path.suffix in (".pcap", ".pcapng", ".cap")
-)
 OPTION_SETS = {
     "default": {},
     "short-timeouts": {"idle_timeout": 0.5, "active_timeout": 2.0},
@@ -76,15 +70,7 @@ def meters(monkeypatch, lib) -> list:
 
 def _run(paths: list[Path], c_table: bool, monkeypatch, vectorised: bool = True, **options) -> tuple:
     monkeypatch.setenv("HOSTFLOW_PROBE_CMETER", "1" if c_table else "0")
-    sink = MemorySink()
-    error = None
-    try:
-        meter_files([str(p) for p in paths], MeterOptions(**options), sink, vectorised=vectorised)
-    except ProbeInputError as exc:
-        error = str(exc)
-    health = {k: v for k, v in sink.health.items() if k not in ("ts", "uptime_s")}
-    flows = sorted(tuple(flow_row(flow)) for flow in sink.flows)
-    return flows, [name_row(name) for name in sink.names], health, error
+    return metered(paths, vectorised, **options)
 
 
 def assert_same(paths: list[Path], monkeypatch, meters: list, **options) -> tuple:

@@ -22,21 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.bench_probe import pcap_to_pcapng, write_pcap
-from hostflow.records import flow_row, name_row
 from probe import cmeter, fastpath
 from probe.capture import open_capture
 from probe.names import HTTP_METHOD_PREFIXES, NameExtractor
-from probe.options import MeterOptions
-from probe.pipeline import ProbeInputError, meter_files
-from probe.sink import MemorySink
 from tests.plugins.common import FIXTURES
+from tests.probe_runs import CAPTURES, metered
 
-CAPTURES = sorted(
-    path
-    for folder in ("pcap", "probe", "malformed", "names")
-    for path in (FIXTURES / folder).iterdir()
-    if path.suffix in (".pcap", ".pcapng", ".cap")
-)
 OPTION_SETS = {
     "default": {},
     "short-timeouts": {"idle_timeout": 0.4, "active_timeout": 2.0},
@@ -46,21 +37,9 @@ OPTION_SETS = {
 }
 
 
-def _run(paths: list[Path], vectorised: bool, **options) -> tuple:
-    sink = MemorySink()
-    error = None
-    try:
-        meter_files([str(p) for p in paths], MeterOptions(**options), sink, vectorised=vectorised)
-    except ProbeInputError as exc:
-        error = str(exc)
-    health = {k: v for k, v in sink.health.items() if k not in ("ts", "uptime_s")}
-    flows = sorted(tuple(flow_row(flow)) for flow in sink.flows)
-    return flows, [name_row(name) for name in sink.names], health, error
-
-
 def assert_same(paths: list[Path], **options) -> tuple:
-    exact = _run(paths, False, **options)
-    fast = _run(paths, True, **options)
+    exact = metered(paths, False, **options)
+    fast = metered(paths, True, **options)
     for label, one, other in zip(("flows", "names", "health", "error"), exact, fast, strict=True):
         if label == "flows" and one != other:
             only_exact, only_fast = sorted(set(one) - set(other)), sorted(set(other) - set(one))
@@ -136,7 +115,7 @@ def test_pcapng_takes_the_fast_path(batches, traffic: Path, tmp_path: Path, nano
     pcap_to_pcapng(traffic, pcapng, nanoseconds=nanoseconds)
     for options in ({}, OPTION_SETS["short-timeouts"]):
         flows, names, health, error = assert_same([pcapng], **options)
-        assert (flows, names, health, error) == _run([traffic], True, **options)
+        assert (flows, names, health, error) == metered([traffic], True, **options)
         assert error is None and health["packets_captured"] >= 40_000 and len(flows) > 1000
     assert batches and all(batches)
 
@@ -514,7 +493,7 @@ def test_syn_opened_conversations_stay_in_the_batch(
     monkeypatch.setattr(
         fastpath.BatchMeter, "_apply_complex", lambda self, *a: calls.append(1) or original(self, *a)
     )
-    assert _run([path], True, idle_timeout=1.0)[0] == flows
+    assert metered([path], True, idle_timeout=1.0)[0] == flows
     assert calls == []
 
 
