@@ -1,4 +1,5 @@
-/* The probe's flow table in C: probe/meter.py FlowMeter's semantics, packet for packet.
+/* The probe's C parts: the flow table (probe/meter.py FlowMeter's semantics, packet for packet),
+ * the classic pcap record walk and the Ethernet/IP decoder (probe/fastpath.py's rules, at the end).
  *
  * Plain C99 and libc only, loaded with ctypes by probe/cmeter.py (no Python or numpy headers, so
  * a Raspberry Pi needs only gcc and libc6-dev to build it). The docstring of probe/meter.py is

@@ -1,19 +1,16 @@
-"""The flow table in C (probe/_cmeter.c), loaded with ctypes: FlowMeter's flows, faster.
+"""The probe's C parts (probe/_cmeter.c), loaded with ctypes: FlowMeter's flows, faster.
 
-Why C. Metering a file cost about 0.9 µs of Python and numpy per packet (``fastpath.BatchMeter``:
-grouping each batch by conversation, Python work per conversation per batch, and ``FlowMeter.add``
-packet by packet for conversations with FIN/RST or an active timeout), while softflowd's whole
-budget is about 1.0 µs a packet. The C table takes a decoded chunk in one call, about 0.1 µs a
-packet (its lookups prefetched a few packets ahead, which halved that on this machine's 2,000,000-
-packet benchmark): bench/bench_probe.py went from 0.68-0.75x softflowd's packets per CPU second to
-1.22-1.33x (names off; 1.16-1.25x names on), peak RSS 218 → 135 MB. The semantics are exactly
-FlowMeter's: the same keys, timeouts, closes, table order, eviction and idle scans, so the same
-flows (tests/test_cmeter.py compares every fixture, generated traffic and random packets).
-
-The per-packet path (``add``: time going backwards in a file, live capture without the ring) packs
-FlowMeter.add's arguments with struct and hands them over 256 at a time (or before anything else
-touches the table): one ctypes call per packet would cost twice FlowMeter.add (4.8 against 2.3 µs);
-packed it costs 1.0 µs.
+Why C. Metering a file cost about 1.55 µs of Python and numpy per packet (pcap record walk 0.25,
+array decode 0.3, ``fastpath.BatchMeter`` grouping the batch by conversation 0.4 plus Python work
+per conversation per batch 0.5, Flow records 0.14, names 0.07), where softflowd's whole budget is
+about 1.0 µs a packet (bench/bench_probe.py: softflowd 993,688 packets per CPU second, ours
+638,323). Three C functions replace the first three steps with their exact rules: the pcap
+record walk (``cm_walk_pcap``, used by ``fastpath.PcapChunks``), the Ethernet/IP decoder
+(``cm_decode_ethernet``, used by ``fastpath.decode_chunk``) and the flow table (``CMeter``, with
+``FlowMeter``'s semantics: the same keys, timeouts, closes, table order, eviction and idle scans).
+A chunk costs a few tens of nanoseconds a packet in each; file metering went to 1.6-2.4x
+softflowd's rate (docs/sizing-probe.md). tests/test_cmeter.py compares each part with the
+Python/numpy one on every fixture, generated traffic and random packets and frames.
 
 What stays in Python: the Flow records themselves. Ended pairs come out of C as fixed-size
 records, drained after every call, and go through ``FlowMeter._export_values`` like the Python

@@ -23,6 +23,9 @@ figures in docs/sizing-probe.md). Without numpy the probe still works, packet by
    times per direction from ``reduceat``. The flow table (``FlowMeter.pairs``) is then updated once
    per conversation rather than once per packet.
 
+With probe/_cmeter.c built (``probe.cmeter``), steps 1 (pcap), 2 (Ethernet) and 3 are done by C
+with the same rules, in chunks of 8,192 packets; everything below still describes the numpy path.
+
 Exactness. The result is the same set of flow records, names and counters as the per-packet path
 (tests/test_probe_fastpath.py compares them on every fixture and on generated traffic), because
 the fast path only does what it can prove equal and hands everything else to the exact code:
@@ -157,7 +160,7 @@ class PcapChunks:
         self.linktype = linktype
         self.header = struct.Struct(order + "IIII")
         self.lanes_failed = 0  # chunks the lanes could not walk (walked by the plain loop)
-        self._lib = cmeter.library()  # the walk in C when it is built: a third of numpy's time
+        self._lib = cmeter.library()  # the walk in C when built: ~0.07 µs a packet against numpy's 0.25
         self.chunk_packets = C_CHUNK_PACKETS if self._lib is not None else CHUNK_PACKETS
 
     def __iter__(self):
@@ -604,7 +607,7 @@ _C_DECODED = ("kind", "version", "proto", "sport", "dport", "flags", "tos", "vla
 
 
 def _decode_ethernet_c(lib, chunk: Chunk, cols: Columns, pay_start, pay_end, fast) -> None:
-    """``_decode_ethernet`` by probe/_cmeter.c (``cm_decode_ethernet``): about a tenth of numpy's time."""
+    """``_decode_ethernet`` by probe/_cmeter.c (``cm_decode_ethernet``): ~0.07 µs a packet, numpy's 0.3."""
     u8 = chunk.u8
     data = np.ascontiguousarray(chunk.starts, dtype=np.int64)
     caplen = np.ascontiguousarray(chunk.caplen, dtype=np.int64)

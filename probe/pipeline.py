@@ -13,14 +13,15 @@ batches; same flows, names and counters, about 3× the per-packet rate); any str
 whose time goes backwards goes packet by packet (``run``). ``meter_files(..., vectorised=False)``
 forces the per-packet path (the tests compare the two).
 
-The flow table is probe/_cmeter.c (``probe.cmeter.CMeter``) when it is built: decoded chunks go
-to it in one call each (``add_columns``, idle scans included) instead of numpy's batch and
-``FlowMeter.add``; same flows, file metering about 1.7x faster. Not built, or
-``HOSTFLOW_PROBE_CMETER=0``: ``FlowMeter`` with ``fastpath.BatchMeter`` as before.
+When probe/_cmeter.c is built (``probe.cmeter``), the pcap record walk, the Ethernet decoder and
+the flow table (``CMeter``) are C: a decoded chunk goes to the table in one call (``add_columns``,
+idle scans included) instead of numpy's batch and ``FlowMeter.add``; same flows, file metering
+2.5-3.5x as fast (docs/sizing-probe.md). Not built, or ``HOSTFLOW_PROBE_CMETER=0``: numpy and
+``FlowMeter`` with ``fastpath.BatchMeter`` as before.
 
 Live capture reads a PACKET_MMAP ring (``probe.capture.RingCapture``): each block the kernel
-hands over (up to 1 MiB of packets, or what came in 50 ms) is decoded with the same numpy code
-as a file chunk, and the blocks are metered together every 0.25 s. Without numpy, when the
+hands over (up to 1 MiB of packets, or what came in 50 ms) is decoded with the same code as a
+file chunk, and the blocks are metered together every 0.25 s. Without numpy, when the
 kernel refuses the ring (logged), or with ``HOSTFLOW_PROBE_RING=0``, packets are read one by one
 with recv (``LiveCapture``, metered by ``run``). Figures: docs/sizing-probe.md.
 """
