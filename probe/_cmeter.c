@@ -27,7 +27,7 @@
 #define PROTO_TCP 6
 #define MAC_SRC 1
 #define MAC_DST 2
-#define CM_ABI 3
+#define CM_ABI 4
 #define AHEAD 16 /* packets looked up ahead of the one metered (a power of two) */
 #ifdef __GNUC__
 #define PREFETCH(address) __builtin_prefetch(address)
@@ -540,6 +540,24 @@ int64_t cm_walk_pcap(const uint8_t *buf, int64_t length, int big, int64_t frac_d
         offset += 16 + captured;
     }
     *used = offset;
+    return count;
+}
+
+/* The chain of pcapng enhanced packet blocks (little-endian) from ``offset`` (probe.fastpath
+ * PcapngChunks._epb_run's loop): the offsets of up to max_out consecutive blocks of type 6 whose
+ * first 32 bytes lie within ``end``, each found from the one before by its length; it stops at
+ * another block type and after a length below 32. Every other check is the caller's. */
+int64_t cm_chain_epb(const uint8_t *u8, int64_t end, int64_t offset, int64_t *out, int64_t max_out) {
+    int64_t at = offset, count = 0;
+    while (count < max_out && at + 32 <= end) {
+        if (u32_at(u8 + at, 0) != 6)
+            break;
+        out[count++] = at;
+        int64_t length = u32_at(u8 + at + 4, 0);
+        if (length < 32)
+            break;
+        at += length;
+    }
     return count;
 }
 

@@ -72,7 +72,7 @@ except ImportError:  # pragma: no cover - add_columns needs numpy; add does not
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_cmeter.c")
-ABI = 3
+ABI = 4
 MAC_SRC, MAC_DST = 1, 2  # bits of the macs column, as probe.fastpath's Columns
 TIME_LIMIT = 1 << 62  # times (µs) the C table takes: differences of two stay inside int64
 OUT_LIMIT = 4096  # ended pairs drained at a time
@@ -190,6 +190,7 @@ def _declare(lib: Any) -> None:
         "cm_out_clear": ([ptr], None),
         "cm_walk_pcap": ([ptr, i64, ctypes.c_int, i64, i64, ptr, ptr, ptr, i64, ptr, ptr], i64),
         "cm_decode_ethernet": ([ptr, i64, ptr, ptr, i64, i64, ptr], None),
+        "cm_chain_epb": ([ptr, i64, i64, ptr, i64], i64),
     }
     for name, (arguments, result) in signatures.items():
         function = getattr(lib, name)

@@ -361,6 +361,8 @@ class PcapngChunks:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._lib = cmeter.library()  # the block chain in C when built
+        self.chunk_packets = C_CHUNK_PACKETS if self._lib is not None else CHUNK_PACKETS
 
     def __iter__(self):
         with open(self.path, "rb") as handle:
@@ -370,6 +372,7 @@ class PcapngChunks:
         view = memoryview(mapped)
         self.words = view[: size - size % 4].cast("I") if sys.byteorder == "little" else None
         self.u32 = u8[: size - size % 4].view("<u4")
+        self.u8 = u8
         parts: list = []  # (starts, times, caplens) arrays, or single (start, time, caplen)
         count = 0
         linktype = 0
@@ -391,7 +394,7 @@ class PcapngChunks:
                         yield chunk
                         linktype = item_linktype
                         continue
-                if count and (item_linktype != linktype or count >= CHUNK_PACKETS):
+                if count and (item_linktype != linktype or count >= self.chunk_packets):
                     yield self._chunk(view, u8, parts, linktype, None)
                     parts, count = [], 0
                 linktype = item_linktype
@@ -400,7 +403,7 @@ class PcapngChunks:
         except ProbeInputError as exc:
             error = exc
         finally:
-            self.words = self.u32 = None
+            self.words = self.u32 = self.u8 = None
         if count or error is not None:
             yield self._chunk(view, u8, parts, linktype, error)
 
@@ -414,23 +417,31 @@ class PcapngChunks:
         if_id = words[(at >> 2) + 2] if at + 12 <= end else -1
         if not 0 <= if_id < len(interfaces):
             return None
-        found = []
-        append = found.append
-        for _ in range(CHUNK_PACKETS):  # only the chain here: every field is checked with the arrays below
-            if at + 32 > end:
-                break
-            w = at >> 2
-            if words[w] != 6:
-                break
-            append(at)
-            length = words[w + 1]
-            if length < 32:
-                break
-            at += length
+        if self._lib is not None and at % 4 == 0:
+            found = np.empty(self.chunk_packets, dtype=np.int64)
+            found = found[
+                : self._lib.cm_chain_epb(self.u8.ctypes.data, end, at, found.ctypes.data, len(found))
+            ]
+        else:
+            found = []
+            append = found.append
+            for _ in range(
+                self.chunk_packets
+            ):  # only the chain: every field is checked with the arrays below
+                if at + 32 > end:
+                    break
+                w = at >> 2
+                if words[w] != 6:
+                    break
+                append(at)
+                length = words[w + 1]
+                if length < 32:
+                    break
+                at += length
         if len(found) < 2:
             return None
         u32 = self.u32
-        w = np.array(found, dtype=np.int64) >> 2
+        w = np.asarray(found, dtype=np.int64) >> 2
         length, high, low, caplen = u32[w + 1], u32[w + 3], u32[w + 4], u32[w + 5]
         length64 = length.astype(np.int64)
         bad = (length64 < 32) | (length64 & 3 != 0) | (w * 4 + length64 > end) | (u32[w + 2] != if_id)

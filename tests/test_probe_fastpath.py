@@ -120,7 +120,9 @@ def test_pcapng_takes_the_fast_path(batches, traffic: Path, tmp_path: Path, nano
     assert batches and all(batches)
 
 
-@pytest.mark.parametrize("damage", ["cut", "caplen", "interface", "block-length", "time-2106"])
+@pytest.mark.parametrize(
+    "damage", ["cut", "caplen", "interface", "block-length", "block-length-odd", "time-2106"]
+)
 def test_pcapng_damage_in_a_run(traffic: Path, tmp_path: Path, damage: str) -> None:
     """Damage in the middle of a run of packet blocks (walked with arrays) is reported exactly as
     the per-packet reader reports it, after the same packets; a time beyond 2106 is read exactly."""
@@ -138,6 +140,8 @@ def test_pcapng_damage_in_a_run(traffic: Path, tmp_path: Path, damage: str) -> N
         struct.pack_into("<I", data, at + 8, 3)
     elif damage == "block-length":
         struct.pack_into("<I", data, at + 4, 30)
+    elif damage == "block-length-odd":  # the blocks after it would start off the 4-byte grid
+        struct.pack_into("<I", data, at + 4, struct.unpack_from("<I", data, at + 4)[0] + 2)
     else:
         struct.pack_into("<I", data, at + 12, 0xFFFFFFFF)  # ts_high: beyond what int64 microseconds hold
     pcapng.write_bytes(bytes(data))
