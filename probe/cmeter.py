@@ -6,7 +6,8 @@ per conversation per batch 0.5, Flow records 0.14, names 0.07), where softflowd'
 about 1.0 µs a packet (bench/bench_probe.py: softflowd 993,688 packets per CPU second, ours
 638,323). Three C functions replace the first three steps with their exact rules: the pcap
 record walk (``cm_walk_pcap``, used by ``fastpath.PcapChunks``), the Ethernet/IP decoder
-(``cm_decode_ethernet``, used by ``fastpath.decode_chunk``) and the flow table (``CMeter``, with
+(``cm_decode_ethernet``, used by ``fastpath.decode_chunk``; also ``cm_chain_epb``, pcapng's block
+chain for ``fastpath.PcapngChunks``) and the flow table (``CMeter``, with
 ``FlowMeter``'s semantics: the same keys, timeouts, closes, table order, eviction and idle scans).
 A chunk costs a few tens of nanoseconds a packet in each; file metering went to 1.6-2.4x
 softflowd's rate (docs/sizing-probe.md). tests/test_cmeter.py compares each part with the

@@ -23,8 +23,8 @@ figures in docs/sizing-probe.md). Without numpy the probe still works, packet by
    times per direction from ``reduceat``. The flow table (``FlowMeter.pairs``) is then updated once
    per conversation rather than once per packet.
 
-With probe/_cmeter.c built (``probe.cmeter``), steps 1 (pcap), 2 (Ethernet) and 3 are done by C
-with the same rules, in chunks of 8,192 packets; everything below still describes the numpy path.
+With probe/_cmeter.c built (``probe.cmeter``), steps 1 (pcap; pcapng's block chain), 2 (Ethernet)
+and 3 are done by C with the same rules, in chunks of 8,192 packets; the rest is as described here.
 
 Exactness. The result is the same set of flow records, names and counters as the per-packet path
 (tests/test_probe_fastpath.py compares them on every fixture and on generated traffic), because
