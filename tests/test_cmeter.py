@@ -27,14 +27,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.bench_probe import pcap_to_pcapng, write_pcap
+from bench.bench_probe import pcap_to_pcapng
 from hostflow.records import END_EOF, flow_row
 from probe import cmeter, fastpath, pipeline
 from probe.meter import MOVE_GRANULARITY_US, FlowMeter
 from probe.options import MeterOptions
 from probe.pipeline import ProbeInputError
 from tests.plugins.common import FIXTURES, ROOT
-from tests.probe_runs import CAPTURES, metered
+from tests.probe_runs import CAPTURES, metered, use_small_chunks, write_traffic
 
 OPTION_SETS = {
     "default": {},
@@ -112,20 +112,13 @@ def test_fixture_comparison_is_not_vacuous(monkeypatch, meters) -> None:
 
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory) -> Path:
-    """40,000 packets, 600 conversations open at a time, 2% turnover: many opens and closes."""
-    path = tmp_path_factory.mktemp("cmeter") / "traffic.pcap"
-    write_pcap(path, 40_000, seed=11, concurrent=600, turnover=0.02, mean_gap_us=200)
-    return path
+    return write_traffic(tmp_path_factory.mktemp("cmeter") / "traffic.pcap")
 
 
 @pytest.fixture
 def small_chunks(monkeypatch) -> None:
     """Many chunks, and the C output drained every few ended pairs (the calls pause and go on)."""
-    monkeypatch.setattr(fastpath, "FIRST_CHUNK_BYTES", 64 << 10)
-    monkeypatch.setattr(fastpath, "CHUNK_PACKETS", 700)
-    monkeypatch.setattr(fastpath, "C_CHUNK_PACKETS", 500)
-    monkeypatch.setattr(fastpath, "BATCH_PACKETS", 3000)
-    monkeypatch.setattr(fastpath, "LANE_BYTES", 2048)
+    use_small_chunks(monkeypatch)
     monkeypatch.setattr(cmeter, "OUT_LIMIT", 3)
 
 

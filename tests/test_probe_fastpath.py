@@ -26,7 +26,7 @@ from probe import cmeter, fastpath
 from probe.capture import open_capture
 from probe.names import HTTP_METHOD_PREFIXES, NameExtractor
 from tests.plugins.common import FIXTURES
-from tests.probe_runs import CAPTURES, metered
+from tests.probe_runs import CAPTURES, metered, use_small_chunks, write_traffic
 
 OPTION_SETS = {
     "default": {},
@@ -78,19 +78,12 @@ def compiled(request, monkeypatch) -> str:
 
 @pytest.fixture
 def small_chunks(monkeypatch) -> None:
-    monkeypatch.setattr(fastpath, "FIRST_CHUNK_BYTES", 64 << 10)
-    monkeypatch.setattr(fastpath, "CHUNK_PACKETS", 700)
-    monkeypatch.setattr(fastpath, "C_CHUNK_PACKETS", 500)
-    monkeypatch.setattr(fastpath, "BATCH_PACKETS", 3000)
-    monkeypatch.setattr(fastpath, "LANE_BYTES", 2048)
+    use_small_chunks(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory) -> Path:
-    """40,000 packets, 600 conversations open at a time, 2% turnover: many opens and closes."""
-    path = tmp_path_factory.mktemp("fastpath") / "traffic.pcap"
-    write_pcap(path, 40_000, seed=11, concurrent=600, turnover=0.02, mean_gap_us=200)
-    return path
+    return write_traffic(tmp_path_factory.mktemp("fastpath") / "traffic.pcap")
 
 
 @pytest.fixture(scope="module")
