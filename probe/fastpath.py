@@ -533,11 +533,11 @@ class Decoded_chunk:  # noqa: N801 - a plain record
         self.exact = exact
 
 
-def decode_chunk(chunk: Chunk, errors: dict[str, int], c_decoder: bool = True) -> Decoded_chunk:
+def decode_chunk(chunk: Chunk, errors: dict[str, int], lib=None) -> Decoded_chunk:
     """Decode every packet of the chunk; frames the arrays cannot do exactly go to ``decode``.
 
-    Ethernet frames are decoded by probe/_cmeter.c when it is built (``c_decoder``, and unless
-    HOSTFLOW_PROBE_CMETER=0), else by numpy: the same rules, the same columns."""
+    Ethernet frames are decoded by probe/_cmeter.c when ``lib`` is its library
+    (``cmeter.library()``), else by numpy: the same rules, the same columns."""
     n = len(chunk.starts)
     cols = Columns.empty(n)
     cols.ts = chunk.ts
@@ -545,7 +545,6 @@ def decode_chunk(chunk: Chunk, errors: dict[str, int], c_decoder: bool = True) -
     pay_end = np.zeros(n, dtype=np.int64)
     fast = np.zeros(n, dtype=bool)
     if chunk.linktype == 1 and n:
-        lib = cmeter.library() if c_decoder else None
         if lib is not None:
             _decode_ethernet_c(lib, chunk, cols, pay_start, pay_end, fast)
         else:

@@ -110,7 +110,8 @@ class _Engine:
     def __init__(self, options: MeterOptions, sink: Sink, tcp_end_grace: float) -> None:
         self.stats = MeterStats()
         self.sink = sink
-        self.meter = _flow_meter(options, sink.add_flows, tcp_end_grace)
+        self.lib = cmeter.library()  # probe/_cmeter.c, looked up once a run (it hashes the source)
+        self.meter = _flow_meter(options, sink.add_flows, tcp_end_grace, self.lib)
         self.cmeter = isinstance(self.meter, cmeter.CMeter)
         self.names = None
         if options.names and NameExtractor is not None:
@@ -196,7 +197,7 @@ class _Engine:
         """Decode a chunk (in time order), count it, learn its names; the columns go to ``meter_columns``."""
         stats = self.stats
         errors = stats.parse_errors
-        decoded = fastpath.decode_chunk(chunk, errors)
+        decoded = fastpath.decode_chunk(chunk, errors, self.lib)
         cols = decoded.cols
         kind = cols.kind
         ip = kind == fastpath.KIND_IP
@@ -292,9 +293,8 @@ class _Engine:
         return self.stats
 
 
-def _flow_meter(options: MeterOptions, emit: Callable, tcp_end_grace: float) -> FlowMeter:
-    """The C flow table when it is built (probe.cmeter), unless HOSTFLOW_PROBE_CMETER=0; else FlowMeter."""
-    lib = cmeter.library()
+def _flow_meter(options: MeterOptions, emit: Callable, tcp_end_grace: float, lib) -> FlowMeter:
+    """The C flow table when ``lib`` (``cmeter.library()``) is there and can hold it; else FlowMeter."""
     if lib is not None:
         meter = cmeter.CMeter.create(options, emit, tcp_end_grace=tcp_end_grace, lib=lib)
         if meter is not None:

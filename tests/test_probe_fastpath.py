@@ -302,7 +302,7 @@ def _selections(
     ours_names, theirs_names = [], []
     base = 0
     for chunk in fastpath.PcapChunks(str(path), *fastpath.pcap_header(str(path))):
-        decoded = fastpath.decode_chunk(chunk, {})
+        decoded = fastpath.decode_chunk(chunk, {}, cmeter.library())
         cols = decoded.cols
         with_payload = np.flatnonzero((cols.kind == fastpath.KIND_IP) & (decoded.pay_end > decoded.pay_start))
 
